@@ -1,0 +1,27 @@
+//! The messaging library every service is built on.
+//!
+//! - [`topology`]: exchange, queue and dead-letter names of SPEC §4 (with the `BUS_NAMESPACE`
+//!   prefix) and their declaration.
+//! - [`envelope`]: an event with every AMQP property and header, set in one place.
+//! - [`publisher`]: publishing with confirms and `mandatory`; a returned message is a failure.
+//! - [`connection`]: the supervised connection to RabbitMQ that the rest borrows from.
+//! - [`outbox`]: the transactional outbox and the relay that drains it.
+
+pub mod connection;
+pub mod envelope;
+pub mod outbox;
+pub mod publisher;
+pub mod topology;
+pub mod trace_context;
+
+pub use connection::{Bus, BusSettings, Connected};
+pub use envelope::{Envelope, EventContext};
+pub use outbox::OutboxRelay;
+pub use publisher::{PublishError, Publisher};
+pub use topology::{Namespace, Topology};
+pub use trace_context::TraceParent;
+
+/// The messaging tables (outbox, and later the inbox), applied into each service's own database
+/// before the service's migrations. Versions are small integers so they never collide with the
+/// services' timestamped versions.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();

@@ -1,0 +1,270 @@
+//! The transactional outbox and its relay.
+//!
+//! [`enqueue`] writes an event in the caller's transaction, so the event exists exactly when the
+//! domain change does. The [`OutboxRelay`] claims due rows with `for update skip locked` (so
+//! several relays never publish the same row at once), publishes the batch with confirms awaited
+//! together, deletes the rows the broker acked and reschedules the rest with back-off, all in the
+//! claiming transaction. A relay that dies before its commit leaves its rows in place, and they
+//! are published again under the same `message_id`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, postgres::PgListener};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    connection::{Bus, Connected},
+    envelope::Envelope,
+    publisher::Publisher,
+};
+
+/// The NOTIFY channel the outbox trigger signals on.
+const NOTIFY_CHANNEL: &str = "outbox";
+/// Longest back-off between two attempts at one row.
+const MAX_BACKOFF_SECS: f64 = 30.0;
+
+/// Writes `envelope` to the outbox in the caller's transaction.
+#[tracing::instrument(skip_all, fields(message_id = %envelope.message_id, event_type = %envelope.event_type), err)]
+pub async fn enqueue(connection: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into outbox \
+         (message_id, event_type, routing_key, payload, correlation_id, causation_id, traceparent, occurred_at) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(envelope.message_id)
+    .bind(&envelope.event_type)
+    .bind(&envelope.routing_key)
+    .bind(&envelope.payload)
+    .bind(&envelope.correlation_id)
+    .bind(&envelope.causation_id)
+    .bind(&envelope.traceparent)
+    .bind(envelope.occurred_at)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Locks up to `limit` due rows, oldest first, skipping rows another relay holds. The locks last
+/// until the caller's transaction ends.
+pub async fn claim_due(
+    connection: &mut PgConnection,
+    limit: usize,
+) -> Result<Vec<Envelope>, sqlx::Error> {
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "select message_id, event_type, routing_key, payload, correlation_id, causation_id, \
+                traceparent, occurred_at \
+         from outbox \
+         where next_attempt_at <= now() \
+         order by next_attempt_at, occurred_at \
+         limit $1 \
+         for update skip locked",
+    )
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(connection)
+    .await?;
+    Ok(rows.into_iter().map(Envelope::from).collect())
+}
+
+/// How many rows are waiting to be published.
+pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("select count(*) from outbox")
+        .fetch_one(pool)
+        .await
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    message_id: Uuid,
+    event_type: String,
+    routing_key: String,
+    payload: Vec<u8>,
+    correlation_id: String,
+    causation_id: String,
+    traceparent: String,
+    occurred_at: DateTime<Utc>,
+}
+
+impl From<OutboxRow> for Envelope {
+    fn from(row: OutboxRow) -> Self {
+        Self {
+            message_id: row.message_id,
+            event_type: row.event_type,
+            routing_key: row.routing_key,
+            payload: row.payload,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+            traceparent: row.traceparent,
+            occurred_at: row.occurred_at,
+        }
+    }
+}
+
+/// What one relay pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RelayOutcome {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows the broker acked, now deleted.
+    pub published: usize,
+    /// Rows rescheduled with back-off.
+    pub failed: usize,
+}
+
+/// Publishes the outbox of one database, until cancelled.
+#[derive(Debug)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    bus: Bus,
+    batch_size: usize,
+    poll_interval: Duration,
+}
+
+impl OutboxRelay {
+    /// A relay with batches of 256 and a 2-second fallback poll.
+    pub fn new(pool: PgPool, bus: Bus) -> Self {
+        Self {
+            pool,
+            bus,
+            batch_size: 256,
+            poll_interval: Duration::from_secs(2),
+        }
+    }
+
+    /// At most this many rows per transaction.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Looks for due rows at least this often, notifications or not.
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// Relays until `stop` is cancelled; a batch in flight is finished first. Wakes on NOTIFY
+    /// from the outbox trigger, on a (re)connection to the broker, and on the fallback poll.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut listener = self.listen().await;
+        let mut bus = self.bus.watch();
+        loop {
+            let connected = bus.borrow_and_update().clone();
+            if let Some(Connected { publisher, .. }) = connected {
+                self.drain(&publisher, &stop).await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = bus_changed(&mut bus) => {}
+                _ = notified(&mut listener) => {}
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Publishes batches until none is full, the broker fails, or `stop` is cancelled.
+    async fn drain(&self, publisher: &Publisher, stop: &CancellationToken) {
+        while !stop.is_cancelled() {
+            match self.relay_batch(publisher).await {
+                Ok(outcome) if outcome.claimed == self.batch_size && outcome.failed == 0 => {}
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "outbox relay pass failed; retrying on the next wake-up");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One pass: claim, publish, then delete or reschedule, in one transaction.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn relay_batch(&self, publisher: &Publisher) -> Result<RelayOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let batch = claim_due(&mut tx, self.batch_size).await?;
+        if batch.is_empty() {
+            return Ok(RelayOutcome::default());
+        }
+        let outcomes = publisher.publish_batch(&batch).await;
+
+        let mut published = Vec::with_capacity(batch.len());
+        let mut failed = 0;
+        for (envelope, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => published.push(envelope.message_id),
+                Err(error) => {
+                    failed += 1;
+                    tracing::warn!(message_id = %envelope.message_id, %error, "publish failed; will retry");
+                    reschedule(&mut tx, envelope.message_id, &error.to_string()).await?;
+                }
+            }
+        }
+        sqlx::query("delete from outbox where message_id = any($1)")
+            .bind(&published)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::debug!(published = published.len(), failed, "outbox batch relayed");
+        Ok(RelayOutcome {
+            claimed: batch.len(),
+            published: published.len(),
+            failed,
+        })
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        let attempt = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match attempt.await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN for outbox inserts; polling only");
+                None
+            }
+        }
+    }
+}
+
+/// Exponential back-off per attempt: 1 s, 2 s, 4 s … capped at 30 s.
+async fn reschedule(
+    connection: &mut PgConnection,
+    message_id: Uuid,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "update outbox set attempts = attempts + 1, last_error = $2, \
+         next_attempt_at = now() + make_interval(secs => least(power(2, attempts), $3)) \
+         where message_id = $1",
+    )
+    .bind(message_id)
+    .bind(error)
+    .bind(MAX_BACKOFF_SECS)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+async fn bus_changed(bus: &mut watch::Receiver<Option<Connected>>) {
+    if bus.changed().await.is_err() {
+        // The supervisor is gone (shutting down): nothing will change any more.
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn notified(listener: &mut Option<PgListener>) {
+    match listener {
+        Some(listener) => {
+            if let Err(error) = listener.recv().await {
+                // The listener reconnects on the next call; the poll covers the gap.
+                tracing::debug!(%error, "outbox listener interrupted");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}

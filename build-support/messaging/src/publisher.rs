@@ -1,0 +1,118 @@
+//! Publishing events with publisher confirms and `mandatory`.
+//!
+//! A message counts as delivered only when the broker acked it and did not return it: a
+//! returned (unroutable) message, a nack, a channel error or a confirm that never comes are
+//! all failures the caller must retry.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lapin::{
+    Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+
+use crate::envelope::Envelope;
+
+/// How long to wait for the broker's confirms of one batch.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a message was not delivered.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("no queue is bound to routing key {routing_key:?}: the broker returned the message")]
+    Unroutable { routing_key: String },
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no confirm from the broker within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// Publishes to the events exchange on its own channel in confirm mode.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    channel: Channel,
+    exchange: String,
+    app_id: String,
+}
+
+impl Publisher {
+    /// Opens a channel on `connection` and puts it in confirm mode.
+    pub async fn open(
+        connection: &Connection,
+        exchange: String,
+        app_id: String,
+    ) -> Result<Self, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            exchange,
+            app_id,
+        })
+    }
+
+    /// Whether the channel is still open.
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes one event and waits for its confirm.
+    pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
+        self.publish_batch(std::slice::from_ref(envelope))
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Publishes every event, then awaits all their confirms concurrently. The result at index
+    /// `i` is the outcome of `envelopes[i]`.
+    #[tracing::instrument(skip_all, fields(batch = envelopes.len()))]
+    pub async fn publish_batch(&self, envelopes: &[Envelope]) -> Vec<Result<(), PublishError>> {
+        let mut pending = Vec::with_capacity(envelopes.len());
+        for envelope in envelopes {
+            let sent = self
+                .channel
+                .basic_publish(
+                    self.exchange.as_str().into(),
+                    envelope.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &envelope.payload,
+                    envelope.properties(&self.app_id),
+                )
+                .await;
+            pending.push(async move {
+                let confirmation = sent?.await?;
+                check(confirmation, envelope)
+            });
+        }
+        match tokio::time::timeout(CONFIRM_TIMEOUT, join_all(pending)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => envelopes
+                .iter()
+                .map(|_| Err(PublishError::ConfirmTimeout(CONFIRM_TIMEOUT)))
+                .collect(),
+        }
+    }
+}
+
+fn check(confirmation: Confirmation, envelope: &Envelope) -> Result<(), PublishError> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
+            Err(PublishError::Unroutable {
+                routing_key: envelope.routing_key.clone(),
+            })
+        }
+        Confirmation::Nack(None) => Err(PublishError::Nacked),
+        // The channel is always in confirm mode; an unconfirmed publish is not a delivery.
+        Confirmation::NotRequested => Err(PublishError::Nacked),
+    }
+}

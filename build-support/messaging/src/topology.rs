@@ -1,0 +1,261 @@
+//! Names and declaration of the broker topology of SPEC §4.
+//!
+//! One topic exchange carries every event, routed by event name. Each consumer queue dead-letters
+//! through a direct exchange into its own `<queue>.dlq`. Every name is prefixed with the
+//! `BUS_NAMESPACE`, so tests and several stacks can share one broker without seeing each other.
+//! Every service declares the whole topology (declaring is idempotent), so an event published
+//! before its consumer ever ran still waits in that consumer's durable queue.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+/// The exchange every event is published to.
+pub const EXCHANGE: &str = "events_exchange";
+/// The exchange dead letters go through, keyed by the name of the queue they died in.
+pub const DEAD_LETTER_EXCHANGE: &str = "events_exchange.dlx";
+/// Suffix of a consumer queue's dead-letter queue.
+pub const DLQ_SUFFIX: &str = ".dlq";
+
+/// A durable consumer queue and the event it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    /// Queue name without the namespace, `<consumer>.<event>`.
+    pub queue: &'static str,
+    /// The event name (routing key) bound to it.
+    pub routing_key: &'static str,
+}
+
+/// Every consumer queue of the system.
+pub const SUBSCRIPTIONS: &[Subscription] = &[
+    Subscription {
+        queue: "order_service.user_created",
+        routing_key: "user_created",
+    },
+    Subscription {
+        queue: "payment_service.order_created",
+        routing_key: "order_created",
+    },
+    Subscription {
+        queue: "order_service.payment_processed",
+        routing_key: "payment_processed",
+    },
+];
+
+/// An invalid `BUS_NAMESPACE`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "BUS_NAMESPACE {0:?} is invalid: use 1 to 64 ASCII letters, digits, '-' or '_', or leave it empty"
+)]
+pub struct InvalidNamespace(String);
+
+/// The `BUS_NAMESPACE` prefix; empty means none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespace(Option<String>);
+
+impl Namespace {
+    /// Parses a namespace; the empty string means no prefix.
+    pub fn parse(raw: &str) -> Result<Self, InvalidNamespace> {
+        if raw.is_empty() {
+            return Ok(Self(None));
+        }
+        let valid = raw.len() <= 64
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(Self(Some(raw.to_owned())))
+        } else {
+            Err(InvalidNamespace(raw.to_owned()))
+        }
+    }
+
+    /// `base` with the namespace prefix, `X.base`, or `base` alone without a namespace.
+    pub fn apply(&self, base: &str) -> String {
+        match &self.0 {
+            Some(prefix) => format!("{prefix}.{base}"),
+            None => base.to_owned(),
+        }
+    }
+}
+
+/// The topology of one namespace.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    namespace: Namespace,
+}
+
+impl Topology {
+    /// The topology under `namespace`.
+    pub fn new(namespace: Namespace) -> Self {
+        Self { namespace }
+    }
+
+    /// The namespace every name is prefixed with.
+    pub fn namespace(&self) -> &Namespace {
+        &self.namespace
+    }
+
+    /// The events exchange's full name.
+    pub fn exchange(&self) -> String {
+        self.namespace.apply(EXCHANGE)
+    }
+
+    /// The dead-letter exchange's full name.
+    pub fn dead_letter_exchange(&self) -> String {
+        self.namespace.apply(DEAD_LETTER_EXCHANGE)
+    }
+
+    /// The full name of a consumer queue.
+    pub fn queue(&self, subscription: &Subscription) -> String {
+        self.namespace.apply(subscription.queue)
+    }
+
+    /// The full name of a consumer queue's dead-letter queue.
+    pub fn dead_letter_queue(&self, subscription: &Subscription) -> String {
+        format!("{}{DLQ_SUFFIX}", self.queue(subscription))
+    }
+
+    /// Declares exchanges, queues, dead-letter queues and bindings. Idempotent.
+    #[tracing::instrument(skip_all, fields(exchange = %self.exchange()), err)]
+    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange().into(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+
+        for subscription in SUBSCRIPTIONS {
+            let queue = self.queue(subscription);
+            let dlq = self.dead_letter_queue(subscription);
+            declare_durable_queue(channel, &dlq, FieldTable::default()).await?;
+            // Dead letters are routed by the name of the queue they died in.
+            bind(channel, &dlq, &self.dead_letter_exchange(), &queue).await?;
+
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from(self.dead_letter_exchange())),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(queue.clone())),
+            );
+            declare_durable_queue(channel, &queue, arguments).await?;
+            bind(channel, &queue, &self.exchange(), subscription.routing_key).await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes everything [`Topology::declare`] made, messages included. For tests and for
+    /// tearing down a namespace; never called by the services.
+    pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        for subscription in SUBSCRIPTIONS {
+            for queue in [
+                self.queue(subscription),
+                self.dead_letter_queue(subscription),
+            ] {
+                channel
+                    .queue_delete(queue.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+        }
+        for exchange in [self.exchange(), self.dead_letter_exchange()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+async fn declare_durable_queue(
+    channel: &Channel,
+    name: &str,
+    arguments: FieldTable,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .map(drop)
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_prefixes_every_name() {
+        let topology = Topology::new(Namespace::parse("t1").expect("valid"));
+        let first = &SUBSCRIPTIONS[0];
+        assert_eq!(topology.exchange(), "t1.events_exchange");
+        assert_eq!(topology.dead_letter_exchange(), "t1.events_exchange.dlx");
+        assert_eq!(topology.queue(first), "t1.order_service.user_created");
+        assert_eq!(
+            topology.dead_letter_queue(first),
+            "t1.order_service.user_created.dlq"
+        );
+    }
+
+    #[test]
+    fn no_namespace_leaves_names_as_specified() {
+        let topology = Topology::default();
+        assert_eq!(topology.exchange(), "events_exchange");
+        assert_eq!(
+            topology.dead_letter_queue(&SUBSCRIPTIONS[2]),
+            "order_service.payment_processed.dlq"
+        );
+    }
+
+    #[test]
+    fn a_namespace_with_dots_or_spaces_is_rejected() {
+        assert!(Namespace::parse("a.b").is_err());
+        assert!(Namespace::parse("a b").is_err());
+        assert!(Namespace::parse(&"x".repeat(65)).is_err());
+        assert_eq!(Namespace::parse("").expect("empty is valid"), Namespace(None));
+    }
+}
