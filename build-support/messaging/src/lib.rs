@@ -24,4 +24,6 @@ pub use trace_context::TraceParent;
 /// The messaging tables (outbox, and later the inbox), applied into each service's own database
 /// before the service's migrations. Versions are small integers so they never collide with the
 /// services' timestamped versions.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+pub fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!()
+}

@@ -1,1 +1,22 @@
-//! placeholder
+//! The service kit: everything a service of this system starts with, written once.
+//!
+//! - [`settings`]: configuration from the environment or flags (12-factor).
+//! - [`telemetry`]: tracing subscriber, text or JSON.
+//! - [`shutdown`]: SIGINT and SIGTERM as one future.
+//! - [`database`]: create the database if missing, connect, apply migrations.
+//! - [`runtime`]: the bus, the outbox relay, health and the gRPC server, with one shutdown path.
+//! - [`request_context`]: `x-request-id` and `traceparent` of a call, as the context of its events.
+//! - [`error`]: the one mapping from API errors to gRPC statuses.
+
+pub mod database;
+pub mod error;
+pub mod proto_time;
+pub mod request_context;
+pub mod runtime;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use runtime::ServiceRuntime;
+pub use settings::{CommonArgs, ServiceDefaults, Settings};

@@ -1,0 +1,132 @@
+//! API errors and their one mapping to gRPC statuses.
+//!
+//! Validation failures become `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming every bad
+//! field; a lost dependency becomes `UNAVAILABLE`; anything unexpected becomes an opaque
+//! `INTERNAL`, with the cause chain in the logs only.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// Postgres SQLSTATE classes and codes that mean "try again later", not "your request is wrong".
+const TRANSIENT_SQLSTATES: &[&str] = &["40001", "40P01", "53300", "57P01", "57P02", "57P03"];
+
+/// One bad field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: &'static str,
+    pub description: String,
+}
+
+impl Violation {
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+/// What an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<Violation>),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("a dependency is unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        let transient = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08") || TRANSIENT_SQLSTATES.contains(&code.as_ref())
+            }),
+            _ => false,
+        };
+        if transient {
+            Self::Unavailable(error.into())
+        } else {
+            Self::Internal(error.into())
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let summary = violations
+                    .iter()
+                    .map(|v| format!("{}: {}", v.field, v.description))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let details = ErrorDetails::with_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|v| FieldViolation::new(v.field, v.description))
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    format!("invalid argument: {summary}"),
+                    details,
+                )
+            }
+            ApiError::AlreadyExists(message) => Status::already_exists(message),
+            ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
+                Status::unavailable("a dependency is unavailable; retry later")
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_every_field() {
+        let status = Status::from(ApiError::InvalidArgument(vec![
+            Violation::new("email", "is required"),
+            Violation::new("name", "is required"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let fields: Vec<_> = status
+            .get_details_bad_request()
+            .expect("bad request details")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["email", "name"]);
+    }
+
+    #[test]
+    fn internal_errors_are_opaque() {
+        let status = Status::from(ApiError::Internal(anyhow::anyhow!("secret detail")));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("secret"));
+    }
+
+    #[test]
+    fn a_pool_timeout_is_unavailable() {
+        let status = Status::from(ApiError::from(sqlx::Error::PoolTimedOut));
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+}

@@ -1,0 +1,214 @@
+//! What runs inside every service besides its own API: the database pool, the supervised bus,
+//! the outbox relay, health and reflection, and the gRPC server, with one shutdown path.
+//!
+//! [`ServiceRuntime::start`] binds the listener (port 0 in tests) and starts the background work;
+//! [`ServiceRuntime::serve`] serves the service's routes until the shutdown future resolves, then
+//! drains in order: gRPC calls and the relay's batch, then the broker connection, then the pool.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use messaging::{Bus, BusSettings, Connected, OutboxRelay};
+use secrecy::ExposeSecret;
+use sqlx::{PgPool, migrate::Migrator};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::{service::Routes, transport::server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::request_id::MakeRequestUuid;
+
+use crate::{database, settings::Settings};
+
+/// How long in-flight calls and background work get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the broker connection gets to close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A started service, not yet serving gRPC.
+#[derive(Debug)]
+pub struct ServiceRuntime {
+    /// The service's own database, migrated.
+    pub pool: PgPool,
+    /// The supervised broker connection.
+    pub bus: Bus,
+    listener: TcpListener,
+    health: HealthReporter,
+    routes: Routes,
+    workers: TaskTracker,
+    stop: CancellationToken,
+    bus_task: TaskTracker,
+    bus_stop: CancellationToken,
+}
+
+impl ServiceRuntime {
+    /// Creates and migrates the database, starts the bus and the outbox relay, binds the gRPC
+    /// listener, and installs health (NOT_SERVING until the broker topology is declared) and
+    /// reflection for `grpc_service`, the full name of the service's gRPC service.
+    pub async fn start(
+        settings: &Settings,
+        migrator: Migrator,
+        grpc_service: &'static str,
+    ) -> anyhow::Result<Self> {
+        let pool = database::connect_and_migrate(&settings.database_url, migrator).await?;
+
+        let bus_task = TaskTracker::new();
+        let bus_stop = CancellationToken::new();
+        let bus = Bus::start(
+            BusSettings {
+                url: settings.amqp_url.expose_secret().to_owned(),
+                topology: settings.topology.clone(),
+                app_id: settings.service_name.to_owned(),
+            },
+            &bus_task,
+            bus_stop.clone(),
+        );
+
+        let workers = TaskTracker::new();
+        let stop = CancellationToken::new();
+        workers.spawn(OutboxRelay::new(pool.clone(), bus.clone()).run(stop.clone()));
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        for name in ["", grpc_service] {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        workers.spawn(report_readiness(
+            bus.watch(),
+            health.clone(),
+            grpc_service,
+            stop.clone(),
+        ));
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // So clients can decode the google.rpc.BadRequest of INVALID_ARGUMENT errors.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name(grpc_service)
+                .with_service_name("grpc.health.v1.Health")
+        };
+        let routes = Routes::new(health_service)
+            .add_service(reflection().build_v1().context("reflection v1")?)
+            .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
+
+        let listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.grpc_addr))?;
+
+        Ok(Self {
+            pool,
+            bus,
+            listener,
+            health,
+            routes,
+            workers,
+            stop,
+            bus_task,
+            bus_stop,
+        })
+    }
+
+    /// The address the gRPC server listens on (the real port when bound to port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs `task` as background work that shutdown waits for; it should return once `stop` is
+    /// cancelled.
+    pub fn spawn_worker<F>(&self, task: impl FnOnce(CancellationToken) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.workers.spawn(task(self.stop.clone()));
+    }
+
+    /// Serves health, reflection and the services `add_services` adds (the service's own API)
+    /// until `shutdown` resolves, then drains and closes everything, each step bounded in time.
+    pub async fn serve(
+        self,
+        add_services: impl FnOnce(Routes) -> Routes,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            pool,
+            bus: _,
+            listener,
+            health,
+            routes,
+            workers,
+            stop,
+            bus_task,
+            bus_stop,
+        } = self;
+        let routes = add_services(routes).prepare();
+
+        let server = tonic::transport::Server::builder()
+            .layer(
+                tower::ServiceBuilder::new()
+                    .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+                        MakeRequestUuid,
+                    ))
+                    .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id()),
+            )
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.clone().cancelled_owned());
+        let mut server = tokio::spawn(server);
+
+        tokio::select! {
+            ended = &mut server => {
+                stop.cancel();
+                ended.context("the gRPC server task panicked")?.context("the gRPC server failed")?;
+            }
+            _ = shutdown => {
+                stop.cancel();
+                health.set_service_status("", ServingStatus::NotServing).await;
+                match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                    Ok(ended) => ended.context("the gRPC server task panicked")?.context("the gRPC server failed")?,
+                    Err(_) => {
+                        tracing::warn!("gRPC calls still running after {DRAIN_TIMEOUT:?}; dropping them");
+                        server.abort();
+                    }
+                }
+            }
+        }
+
+        workers.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, workers.wait()).await.is_err() {
+            tracing::warn!("background work still running after {DRAIN_TIMEOUT:?}");
+        }
+        bus_stop.cancel();
+        bus_task.close();
+        if tokio::time::timeout(CLOSE_TIMEOUT, bus_task.wait()).await.is_err() {
+            tracing::warn!("the broker connection did not close within {CLOSE_TIMEOUT:?}");
+        }
+        pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Health follows the broker connection: SERVING while the topology is declared and the
+/// publisher is up (the database was migrated before this runs), NOT_SERVING otherwise.
+async fn report_readiness(
+    mut bus: watch::Receiver<Option<Connected>>,
+    health: HealthReporter,
+    grpc_service: &'static str,
+    stop: CancellationToken,
+) {
+    loop {
+        let status = if bus.borrow_and_update().is_some() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in ["", grpc_service] {
+            health.set_service_status(name, status).await;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = bus.changed() => if changed.is_err() { return },
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Configuration shared by every service, read from the environment or the matching `--flag`.
+//!
+//! Each service flattens [`CommonArgs`] into its own clap parser and resolves it against its
+//! [`ServiceDefaults`] (its database name and port), so the defaults of SPEC §6 live in one place.
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use anyhow::Context;
+use messaging::{Namespace, Topology};
+use secrecy::SecretString;
+
+/// The broker every service uses unless told otherwise.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// What differs between services when nothing is configured.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceDefaults {
+    /// The service's name: AMQP `app_id`, log field, connection name.
+    pub name: &'static str,
+    /// Its database on the local server, e.g. `users`.
+    pub database: &'static str,
+    /// Its gRPC port on 0.0.0.0.
+    pub grpc_port: u16,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags and environment variables every service takes.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// The service's own Postgres database [default: postgres://postgres@127.0.0.1:5432/<service db>]
+    #[arg(long, env = "DATABASE_URL", value_parser = secret, hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// The RabbitMQ broker.
+    #[arg(long, env = "AMQP_URL", value_parser = secret, default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
+    pub amqp_url: SecretString,
+    /// Address the gRPC server listens on [default: 0.0.0.0:<service port>]
+    #[arg(long, env = "GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Prefix for every exchange and queue name, so several stacks can share one broker.
+    #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
+    pub bus_namespace: String,
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub rust_log: String,
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn secret(raw: &str) -> Result<SecretString, Infallible> {
+    Ok(SecretString::from(raw.to_owned()))
+}
+
+/// The resolved configuration of one service.
+#[derive(Debug)]
+pub struct Settings {
+    pub service_name: &'static str,
+    pub database_url: SecretString,
+    pub amqp_url: SecretString,
+    pub grpc_addr: SocketAddr,
+    pub topology: Topology,
+    pub rust_log: String,
+    pub log_format: LogFormat,
+}
+
+impl CommonArgs {
+    /// Fills what was not given from `defaults` and validates the rest.
+    pub fn resolve(self, defaults: &ServiceDefaults) -> anyhow::Result<Settings> {
+        let namespace = Namespace::parse(&self.bus_namespace).context("invalid BUS_NAMESPACE")?;
+        Ok(Settings {
+            service_name: defaults.name,
+            database_url: self.database_url.unwrap_or_else(|| {
+                SecretString::from(format!(
+                    "postgres://postgres@127.0.0.1:5432/{}",
+                    defaults.database
+                ))
+            }),
+            amqp_url: self.amqp_url,
+            grpc_addr: self
+                .grpc_addr
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.grpc_port))),
+            topology: Topology::new(namespace),
+            rust_log: self.rust_log,
+            log_format: self.log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use secrecy::ExposeSecret;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: CommonArgs,
+    }
+
+    const DEFAULTS: ServiceDefaults = ServiceDefaults {
+        name: "user-service",
+        database: "users",
+        grpc_port: 50051,
+    };
+
+    #[test]
+    fn defaults_follow_the_service() {
+        let settings = Cli::parse_from(["user-service"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("defaults are valid");
+        assert_eq!(
+            settings.database_url.expose_secret(),
+            "postgres://postgres@127.0.0.1:5432/users"
+        );
+        assert_eq!(settings.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(settings.topology.exchange(), "events_exchange");
+    }
+
+    #[test]
+    fn flags_override_defaults() {
+        let settings = Cli::parse_from([
+            "user-service",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--bus-namespace",
+            "ci",
+        ])
+        .common
+        .resolve(&DEFAULTS)
+        .expect("valid flags");
+        assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:0");
+        assert_eq!(settings.topology.exchange(), "ci.events_exchange");
+    }
+
+    #[test]
+    fn an_invalid_namespace_is_a_clear_error() {
+        let error = Cli::parse_from(["user-service", "--bus-namespace", "a b"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("invalid namespace");
+        assert!(format!("{error:#}").contains("BUS_NAMESPACE"));
+    }
+}

@@ -1,0 +1,61 @@
+//! The `user.v1.UserService` gRPC API: converts protobuf to domain types at the edge.
+
+use proto::user::v1::{
+    CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse,
+    user_service_server::UserService,
+};
+use service_kit::{ApiError, error::Violation, request_context};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::{domain::NewUser, repository};
+
+/// The gRPC service over the users database.
+#[derive(Debug, Clone)]
+pub struct UserApi {
+    pool: PgPool,
+}
+
+impl UserApi {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    #[tracing::instrument(skip_all, fields(request_id))]
+    async fn create_user(
+        &self,
+        request: Request<CreateUserRequest>,
+    ) -> Result<Response<CreateUserResponse>, Status> {
+        let context = request_context::event_context(request.metadata())?;
+        tracing::Span::current().record("request_id", context.correlation_id.as_str());
+        let new_user = NewUser::parse(request.get_ref()).map_err(ApiError::InvalidArgument)?;
+        let user = repository::create(&self.pool, &new_user, &context).await?;
+        Ok(Response::new(CreateUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn get_user(
+        &self,
+        request: Request<GetUserRequest>,
+    ) -> Result<Response<GetUserResponse>, Status> {
+        let raw = request.get_ref().user_id.trim();
+        let user_id = Uuid::parse_str(raw).map_err(|_| {
+            ApiError::InvalidArgument(vec![Violation::new(
+                "user_id",
+                if raw.is_empty() { "is required" } else { "must be a UUID" },
+            )])
+        })?;
+        let user = repository::find(&self.pool, user_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no user with id {user_id}")))?;
+        Ok(Response::new(GetUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+}

@@ -1,0 +1,120 @@
+//! The `users` table. A user and its `user_created` event are written in one transaction.
+
+use messaging::{Envelope, EventContext, outbox};
+use service_kit::ApiError;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::domain::{NewUser, Plan, User};
+
+/// The unique index on `lower(email)`.
+const EMAIL_KEY: &str = "users_email_key";
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    user_id: Uuid,
+    email: String,
+    name: String,
+    plan: String,
+    create_time: chrono::DateTime<chrono::Utc>,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = ApiError;
+
+    fn try_from(row: UserRow) -> Result<Self, Self::Error> {
+        let plan = Plan::from_db(&row.plan).ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("users.plan holds unknown value {:?}", row.plan))
+        })?;
+        Ok(Self {
+            user_id: row.user_id,
+            email: row.email,
+            name: row.name,
+            plan,
+            create_time: row.create_time,
+        })
+    }
+}
+
+/// Creates the user and queues its `user_created` event in the same transaction. With a
+/// `request_id` that was seen before, returns the user that request created instead.
+#[tracing::instrument(skip_all, fields(correlation_id = %context.correlation_id), err(Debug))]
+pub async fn create(
+    pool: &PgPool,
+    new_user: &NewUser,
+    context: &EventContext,
+) -> Result<User, ApiError> {
+    if let Some(request_id) = new_user.request_id {
+        if let Some(user) = find_by_request_id(pool, request_id).await? {
+            return Ok(user);
+        }
+    }
+
+    let mut tx = pool.begin().await?;
+    let inserted = sqlx::query_as::<_, UserRow>(
+        "insert into users (user_id, email, name, plan, request_id) \
+         values ($1, $2, $3, $4, $5) \
+         returning user_id, email, name, plan, create_time",
+    )
+    .bind(Uuid::new_v4())
+    .bind(new_user.email.as_str())
+    .bind(new_user.name.as_str())
+    .bind(new_user.plan.as_str())
+    .bind(new_user.request_id)
+    .fetch_one(&mut *tx)
+    .await;
+
+    let user = match inserted {
+        Ok(row) => User::try_from(row)?,
+        Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+            drop(tx);
+            // A concurrent call with the same request_id may have won the race; its user is
+            // the answer, whichever unique index fired first.
+            if let Some(request_id) = new_user.request_id {
+                if let Some(user) = find_by_request_id(pool, request_id).await? {
+                    return Ok(user);
+                }
+            }
+            if error.constraint() == Some(EMAIL_KEY) {
+                return Err(ApiError::AlreadyExists(format!(
+                    "a user with email {} already exists",
+                    new_user.email.as_str()
+                )));
+            }
+            return Err(sqlx::Error::Database(error).into());
+        }
+        Err(error) => return Err(error.into()),
+    };
+
+    outbox::enqueue(&mut tx, &Envelope::new(&user.created_event(), context)).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = %user.user_id, "user created");
+    Ok(user)
+}
+
+/// The user with this id, if any.
+#[tracing::instrument(skip(executor), err(Debug))]
+pub async fn find(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option<User>, ApiError> {
+    sqlx::query_as::<_, UserRow>(
+        "select user_id, email, name, plan, create_time from users where user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(executor)
+    .await?
+    .map(User::try_from)
+    .transpose()
+}
+
+async fn find_by_request_id(
+    executor: impl PgExecutor<'_>,
+    request_id: Uuid,
+) -> Result<Option<User>, ApiError> {
+    sqlx::query_as::<_, UserRow>(
+        "select user_id, email, name, plan, create_time from users where request_id = $1",
+    )
+    .bind(request_id)
+    .fetch_optional(executor)
+    .await?
+    .map(User::try_from)
+    .transpose()
+}
