@@ -28,7 +28,10 @@ const MAX_BACKOFF_SECS: f64 = 30.0;
 
 /// Writes `envelope` to the outbox in the caller's transaction.
 #[tracing::instrument(skip_all, fields(message_id = %envelope.message_id, event_type = %envelope.event_type), err)]
-pub async fn enqueue(connection: &mut PgConnection, envelope: &Envelope) -> Result<(), sqlx::Error> {
+pub async fn enqueue(
+    connection: &mut PgConnection,
+    envelope: &Envelope,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "insert into outbox \
          (message_id, event_type, routing_key, payload, correlation_id, causation_id, traceparent, occurred_at) \

@@ -106,11 +106,9 @@ impl Publisher {
 fn check(confirmation: Confirmation, envelope: &Envelope) -> Result<(), PublishError> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => {
-            Err(PublishError::Unroutable {
-                routing_key: envelope.routing_key.clone(),
-            })
-        }
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(PublishError::Unroutable {
+            routing_key: envelope.routing_key.clone(),
+        }),
         Confirmation::Nack(None) => Err(PublishError::Nacked),
         // The channel is always in confirm mode; an unconfirmed publish is not a delivery.
         Confirmation::NotRequested => Err(PublishError::Nacked),

@@ -256,6 +256,9 @@ mod tests {
         assert!(Namespace::parse("a.b").is_err());
         assert!(Namespace::parse("a b").is_err());
         assert!(Namespace::parse(&"x".repeat(65)).is_err());
-        assert_eq!(Namespace::parse("").expect("empty is valid"), Namespace(None));
+        assert_eq!(
+            Namespace::parse("").expect("empty is valid"),
+            Namespace(None)
+        );
     }
 }

@@ -7,7 +7,8 @@
 #![allow(missing_debug_implementations, unreachable_pub, clippy::all)]
 
 /// Every file of `proto/` and its imports, encoded as a `FileDescriptorSet`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
 
 /// The `user.v1` package: users, plans and `UserCreated`.
 pub mod user {

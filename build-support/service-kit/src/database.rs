@@ -68,7 +68,8 @@ pub async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::R
             .await;
         match created {
             Ok(_) => tracing::info!(database = %name, "created the database"),
-            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(DUPLICATE_DATABASE) => {}
+            Err(sqlx::Error::Database(error))
+                if error.code().as_deref() == Some(DUPLICATE_DATABASE) => {}
             Err(error) => return Err(error).context(format!("cannot create database {name}")),
         }
     }

@@ -18,6 +18,9 @@ mod tests {
     fn sub_second_precision_is_kept() {
         let time = DateTime::from_timestamp(1_700_000_000, 123_456_000).expect("valid");
         let timestamp = to_timestamp(time);
-        assert_eq!((timestamp.seconds, timestamp.nanos), (1_700_000_000, 123_456_000));
+        assert_eq!(
+            (timestamp.seconds, timestamp.nanos),
+            (1_700_000_000, 123_456_000)
+        );
     }
 }

@@ -36,13 +36,19 @@ pub fn request_id(metadata: &MetadataMap) -> Result<String, ApiError> {
     };
     let value = metadata
         .get(REQUEST_ID)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the request-id layer is not installed")))?
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("the request-id layer is not installed"))
+        })?
         .to_str()
         .map_err(|_| invalid())?;
     let valid = !value.is_empty()
         && value.len() <= MAX_REQUEST_ID_LEN
         && value.bytes().all(|b| b.is_ascii_graphic());
-    if valid { Ok(value.to_owned()) } else { Err(invalid()) }
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid())
+    }
 }
 
 #[cfg(test)]

@@ -153,7 +153,10 @@ impl ServiceRuntime {
                     .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id()),
             )
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener),
+                stop.clone().cancelled_owned(),
+            );
         let mut server = tokio::spawn(server);
 
         tokio::select! {
@@ -175,12 +178,18 @@ impl ServiceRuntime {
         }
 
         workers.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, workers.wait()).await.is_err() {
+        if tokio::time::timeout(DRAIN_TIMEOUT, workers.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("background work still running after {DRAIN_TIMEOUT:?}");
         }
         bus_stop.cancel();
         bus_task.close();
-        if tokio::time::timeout(CLOSE_TIMEOUT, bus_task.wait()).await.is_err() {
+        if tokio::time::timeout(CLOSE_TIMEOUT, bus_task.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("the broker connection did not close within {CLOSE_TIMEOUT:?}");
         }
         pool.close().await;

@@ -11,7 +11,12 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     match format {
         LogFormat::Text => registry.with(fmt::layer()).try_init()?,
         LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true))
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            )
             .try_init()?,
     }
     Ok(())

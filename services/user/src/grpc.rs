@@ -48,7 +48,11 @@ impl UserService for UserApi {
         let user_id = Uuid::parse_str(raw).map_err(|_| {
             ApiError::InvalidArgument(vec![Violation::new(
                 "user_id",
-                if raw.is_empty() { "is required" } else { "must be a UUID" },
+                if raw.is_empty() {
+                    "is required"
+                } else {
+                    "must be a UUID"
+                },
             )])
         })?;
         let user = repository::find(&self.pool, user_id)

@@ -24,7 +24,10 @@ impl TryFrom<UserRow> for User {
 
     fn try_from(row: UserRow) -> Result<Self, Self::Error> {
         let plan = Plan::from_db(&row.plan).ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("users.plan holds unknown value {:?}", row.plan))
+            ApiError::Internal(anyhow::anyhow!(
+                "users.plan holds unknown value {:?}",
+                row.plan
+            ))
         })?;
         Ok(Self {
             user_id: row.user_id,
@@ -44,10 +47,8 @@ pub async fn create(
     new_user: &NewUser,
     context: &EventContext,
 ) -> Result<User, ApiError> {
-    if let Some(request_id) = new_user.request_id {
-        if let Some(user) = find_by_request_id(pool, request_id).await? {
-            return Ok(user);
-        }
+    if let Some(user) = replayed(pool, new_user).await? {
+        return Ok(user);
     }
 
     let mut tx = pool.begin().await?;
@@ -70,10 +71,8 @@ pub async fn create(
             drop(tx);
             // A concurrent call with the same request_id may have won the race; its user is
             // the answer, whichever unique index fired first.
-            if let Some(request_id) = new_user.request_id {
-                if let Some(user) = find_by_request_id(pool, request_id).await? {
-                    return Ok(user);
-                }
+            if let Some(user) = replayed(pool, new_user).await? {
+                return Ok(user);
             }
             if error.constraint() == Some(EMAIL_KEY) {
                 return Err(ApiError::AlreadyExists(format!(
@@ -105,15 +104,16 @@ pub async fn find(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option
     .transpose()
 }
 
-async fn find_by_request_id(
-    executor: impl PgExecutor<'_>,
-    request_id: Uuid,
-) -> Result<Option<User>, ApiError> {
+/// The user an earlier call with the same `request_id` created, if any.
+async fn replayed(pool: &PgPool, new_user: &NewUser) -> Result<Option<User>, ApiError> {
+    let Some(request_id) = new_user.request_id else {
+        return Ok(None);
+    };
     sqlx::query_as::<_, UserRow>(
         "select user_id, email, name, plan, create_time from users where request_id = $1",
     )
     .bind(request_id)
-    .fetch_optional(executor)
+    .fetch_optional(pool)
     .await?
     .map(User::try_from)
     .transpose()

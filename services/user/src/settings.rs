@@ -11,7 +11,11 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 
 /// Every setting is a flag and an environment variable.
 #[derive(Debug, clap::Parser)]
-#[command(name = "user-service", version, about = "Registers users and publishes user_created")]
+#[command(
+    name = "user-service",
+    version,
+    about = "Registers users and publishes user_created"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,

@@ -41,7 +41,10 @@ impl Application {
         let api = UserApi::new(self.runtime.pool.clone());
         tracing::info!(addr = %self.local_addr, "user-service listening");
         self.runtime
-            .serve(|routes| routes.add_service(UserServiceServer::new(api)), shutdown)
+            .serve(
+                |routes| routes.add_service(UserServiceServer::new(api)),
+                shutdown,
+            )
             .await
     }
 }

@@ -1,0 +1,88 @@
+//! The outbox under broker trouble: CreateUser works while RabbitMQ is unreachable and the event
+//! goes out when it is back; a relay that dies between publish and delete loses nothing and
+//! re-publishes under the same `message_id`.
+
+use std::time::Duration;
+
+use messaging::{Publisher, outbox};
+use prost::Message;
+use proto::user::v1::UserCreated;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{
+    assert_no_more_deliveries, eventually, next_delivery, open_broker_proxy, spawn_app_with_broker,
+    unused_port,
+};
+
+#[tokio::test]
+async fn create_user_succeeds_while_the_broker_is_unreachable_and_publishes_once_it_is_back() {
+    // Arrange: the service's broker address has nothing behind it yet.
+    let port = unused_port();
+    let app = spawn_app_with_broker(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
+    let mut events = app.capture("user_created").await;
+    assert_eq!(app.health().await, ServingStatus::NotServing);
+
+    // Act
+    let user = app
+        .create_user("ada@example.com", "Ada")
+        .await
+        .expect("CreateUser does not need the broker")
+        .user
+        .expect("a user");
+
+    // Assert: the event waits in the outbox.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(app.outbox_rows().await, 1);
+    assert_no_more_deliveries(&mut events, Duration::from_millis(100)).await;
+
+    // Act: the broker becomes reachable.
+    let _proxy = open_broker_proxy(port).await;
+
+    // Assert: the service reconnects by itself, publishes, and empties its outbox.
+    let delivery = next_delivery(&mut events).await;
+    let event = UserCreated::decode(delivery.data.as_slice()).expect("a UserCreated");
+    assert_eq!(event.user_id, user.user_id);
+    eventually(|| async { app.outbox_rows().await == 0 }).await;
+    app.wait_for_health(ServingStatus::Serving).await;
+    assert_no_more_deliveries(&mut events, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_relay_killed_between_publish_and_delete_republishes_with_the_same_message_id() {
+    // Arrange: the service cannot reach the broker, so its own relay stays idle for now.
+    let port = unused_port();
+    let app = spawn_app_with_broker(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
+    let mut events = app.capture("user_created").await;
+    app.create_user("ada@example.com", "Ada")
+        .await
+        .expect("created");
+    assert_eq!(app.outbox_rows().await, 1);
+
+    // Act: a relay claims the row and publishes it, then dies before deleting it and
+    // committing (its transaction is rolled back, as when the process is killed).
+    let publisher = Publisher::open(&app.amqp, app.topology.exchange(), "user-service".into())
+        .await
+        .expect("publisher");
+    let mut tx = app.db.begin().await.expect("begin");
+    let claimed = outbox::claim_due(&mut tx, 10).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let outcomes = publisher.publish_batch(&claimed).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    drop(tx);
+
+    let first = next_delivery(&mut events).await;
+    assert_eq!(app.outbox_rows().await, 1, "the row survives the crash");
+
+    // Act: the service's relay gets to the broker.
+    let _proxy = open_broker_proxy(port).await;
+
+    // Assert: the same event again, under the same message_id; then the row is gone.
+    let second = next_delivery(&mut events).await;
+    assert_eq!(
+        second.properties.message_id(),
+        first.properties.message_id()
+    );
+    assert_eq!(second.data, first.data);
+    eventually(|| async { app.outbox_rows().await == 0 }).await;
+    assert_no_more_deliveries(&mut events, Duration::from_millis(500)).await;
+}
