@@ -9,16 +9,18 @@ use prost::Message;
 use proto::user::v1::UserCreated;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{
-    assert_no_more_deliveries, eventually, next_delivery, open_broker_proxy, spawn_app_with_broker,
+use test_support::{
+    assert_no_more_deliveries, broker_url_at, eventually, next_delivery, open_broker_proxy,
     unused_port,
 };
+
+use crate::helpers::spawn_app_with_broker;
 
 #[tokio::test]
 async fn create_user_succeeds_while_the_broker_is_unreachable_and_publishes_once_it_is_back() {
     // Arrange: the service's broker address has nothing behind it yet.
     let port = unused_port();
-    let app = spawn_app_with_broker(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
+    let app = spawn_app_with_broker(&broker_url_at(port)).await;
     let mut events = app.capture("user_created").await;
     assert_eq!(app.health().await, ServingStatus::NotServing);
 
@@ -51,7 +53,7 @@ async fn create_user_succeeds_while_the_broker_is_unreachable_and_publishes_once
 async fn a_relay_killed_between_publish_and_delete_republishes_with_the_same_message_id() {
     // Arrange: the service cannot reach the broker, so its own relay stays idle for now.
     let port = unused_port();
-    let app = spawn_app_with_broker(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")).await;
+    let app = spawn_app_with_broker(&broker_url_at(port)).await;
     let mut events = app.capture("user_created").await;
     app.create_user("ada@example.com", "Ada")
         .await
@@ -60,7 +62,7 @@ async fn a_relay_killed_between_publish_and_delete_republishes_with_the_same_mes
 
     // Act: a relay claims the row and publishes it, then dies before deleting it and
     // committing (its transaction is rolled back, as when the process is killed).
-    let publisher = Publisher::open(&app.amqp, app.topology.exchange(), "user-service".into())
+    let publisher = Publisher::open(&app.amqp, app.topology().exchange(), "user-service".into())
         .await
         .expect("publisher");
     let mut tx = app.db.begin().await.expect("begin");

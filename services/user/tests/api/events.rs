@@ -12,7 +12,9 @@ use prost::Message;
 use proto::user::v1::{CreateUserRequest, UserCreated};
 use uuid::Uuid;
 
-use crate::helpers::{assert_no_more_deliveries, eventually, next_delivery, spawn_app};
+use test_support::{assert_no_more_deliveries, eventually, next_delivery};
+
+use crate::helpers::spawn_app;
 
 fn long_string_header(headers: &FieldTable, name: &str) -> String {
     match headers.inner().get(name) {
@@ -182,12 +184,12 @@ async fn an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound() {
     // Arrange: nothing is bound to user_created in this namespace.
     let app = spawn_app().await;
     let channel = app.amqp.create_channel().await.expect("channel");
-    let work_queue = app.topology.queue(&SUBSCRIPTIONS[0]);
+    let work_queue = app.topology().queue(&SUBSCRIPTIONS[0]);
     assert_eq!(SUBSCRIPTIONS[0].routing_key, "user_created");
     channel
         .queue_unbind(
             work_queue.clone().into(),
-            app.topology.exchange().into(),
+            app.topology().exchange().into(),
             "user_created".into(),
             FieldTable::default(),
         )
@@ -220,7 +222,7 @@ async fn an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound() {
     channel
         .queue_bind(
             work_queue.into(),
-            app.topology.exchange().into(),
+            app.topology().exchange().into(),
             "user_created".into(),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -1,0 +1,260 @@
+//! Test support shared by every integration test binary: an isolated [`Sandbox`] (fresh
+//! databases and a random `BUS_NAMESPACE` on the shared Postgres and RabbitMQ, removed on drop),
+//! event capture on the broker, polling with a deadline, and a TCP proxy that makes the broker
+//! reachable on demand without touching the shared one.
+
+use std::{future::Future, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    Connection, ConnectionProperties, Consumer,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use messaging::{Namespace, Topology};
+use secrecy::SecretString;
+use service_kit::{Settings, settings::LogFormat};
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use uuid::Uuid;
+
+/// How long a test waits for something that should happen.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The shared Postgres server, without a database.
+pub fn postgres_server() -> String {
+    std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// The shared RabbitMQ broker.
+pub fn broker_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// One test's private corner of the shared servers: a bus namespace and the databases named
+/// after it. Dropping it drops the databases and deletes the namespace's exchanges and queues.
+#[derive(Debug)]
+pub struct Sandbox {
+    id: String,
+    pub topology: Topology,
+    databases: std::sync::Mutex<Vec<String>>,
+}
+
+impl Sandbox {
+    /// A new sandbox with a random id.
+    pub fn new() -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let namespace = Namespace::parse(&format!("test_{id}")).expect("a valid namespace");
+        Self {
+            id,
+            topology: Topology::new(namespace),
+            databases: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The URL of this sandbox's database for `service` (e.g. `users`); the service creates it,
+    /// the sandbox drops it.
+    pub fn database_url(&self, service: &str) -> String {
+        let name = format!("{service}_{}", self.id);
+        let mut databases = self.databases.lock().expect("not poisoned");
+        if !databases.contains(&name) {
+            databases.push(name.clone());
+        }
+        format!("{}/{name}", postgres_server())
+    }
+
+    /// Settings for `service_name` with its database `database`, on port 0, in this sandbox's
+    /// namespace, against the broker at `amqp_url`.
+    pub fn settings(&self, service_name: &'static str, database: &str, amqp_url: &str) -> Settings {
+        Settings {
+            service_name,
+            database_url: SecretString::from(self.database_url(database)),
+            amqp_url: SecretString::from(amqp_url.to_owned()),
+            grpc_addr: "127.0.0.1:0".parse().expect("a valid address"),
+            topology: self.topology.clone(),
+            rust_log: "info".into(),
+            log_format: LogFormat::Text,
+        }
+    }
+
+    /// A pool on this sandbox's database for `service`.
+    pub async fn pool(&self, service: &str) -> PgPool {
+        PgPool::connect(&self.database_url(service))
+            .await
+            .expect("the service created its database")
+    }
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let databases =
+            std::mem::take(&mut *self.databases.lock().unwrap_or_else(|e| e.into_inner()));
+        let topology = self.topology.clone();
+        // Clean-up needs async I/O but Drop is sync: run it on a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                if let Ok(mut admin) =
+                    PgConnection::connect(&format!("{}/postgres", postgres_server())).await
+                {
+                    for database in databases {
+                        let _ = sqlx::query(&format!(
+                            "drop database if exists \"{database}\" with (force)"
+                        ))
+                        .execute(&mut admin)
+                        .await;
+                    }
+                }
+                if let Ok(amqp) =
+                    Connection::connect(&broker_url(), ConnectionProperties::default()).await
+                    && let Ok(channel) = amqp.create_channel().await
+                {
+                    let _ = topology.delete(&channel).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// A connection of the test's own to the shared broker.
+pub async fn broker() -> Connection {
+    Connection::connect(&broker_url(), ConnectionProperties::default())
+        .await
+        .expect("the test broker is reachable")
+}
+
+/// A private queue bound to `routing_key` on `topology`'s events exchange (declaring the
+/// topology first, as a service would), and a consumer on it.
+pub async fn capture(amqp: &Connection, topology: &Topology, routing_key: &str) -> Consumer {
+    let channel = amqp.create_channel().await.expect("a channel");
+    topology.declare(&channel).await.expect("the topology");
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("a capture queue");
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.exchange().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("the capture queue is bound");
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("a consumer")
+}
+
+/// The next message on `consumer`, acked; panics after [`PATIENCE`].
+pub async fn next_delivery(consumer: &mut Consumer) -> Delivery {
+    let delivery = tokio::time::timeout(PATIENCE, consumer.next())
+        .await
+        .expect("a message arrives in time")
+        .expect("the consumer is open")
+        .expect("the delivery is intact");
+    delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    delivery
+}
+
+/// Asserts that nothing more arrives on `consumer` within `wait`.
+pub async fn assert_no_more_deliveries(consumer: &mut Consumer, wait: Duration) {
+    if let Ok(Some(delivery)) = tokio::time::timeout(wait, consumer.next()).await {
+        panic!("unexpected extra message: {delivery:?}");
+    }
+}
+
+/// Polls `condition` until it holds; panics after [`PATIENCE`].
+pub async fn eventually<F, Fut>(condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(PATIENCE, condition).await;
+}
+
+/// Polls `condition` until it holds; panics after `patience`.
+pub async fn eventually_within<F, Fut>(patience: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on (yet).
+pub fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// An AMQP URL for the shared broker's credentials at `127.0.0.1:port`.
+pub fn broker_url_at(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+/// Forwards `port` to the shared broker from now on, until the handle is dropped or aborted: a
+/// broker "coming back" at the address a service was given.
+pub async fn open_broker_proxy(port: u16) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the reserved port is still free");
+    let upstream = broker_address();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+fn broker_address() -> String {
+    let url = broker_url();
+    let authority = url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("an AMQP URL with a host");
+    authority.rsplit('@').next().expect("host:port").to_owned()
+}
