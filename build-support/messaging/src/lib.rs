@@ -6,15 +6,21 @@
 //! - [`publisher`]: publishing with confirms and `mandatory`; a returned message is a failure.
 //! - [`connection`]: the supervised connection to RabbitMQ that the rest borrows from.
 //! - [`outbox`]: the transactional outbox and the relay that drains it.
+//! - [`consumer`] and [`inbox`]: decode, apply in one transaction with the inbox row, ack after
+//!   commit, dead-letter what cannot be decoded.
 
 pub mod connection;
+pub mod consumer;
+pub mod db_errors;
 pub mod envelope;
+pub mod inbox;
 pub mod outbox;
 pub mod publisher;
 pub mod topology;
 pub mod trace_context;
 
 pub use connection::{Bus, BusSettings, Connected};
+pub use consumer::{EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};
 pub use outbox::OutboxRelay;
 pub use publisher::{PublishError, Publisher};

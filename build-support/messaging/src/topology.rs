@@ -31,20 +31,27 @@ pub struct Subscription {
     pub routing_key: &'static str,
 }
 
+/// The order service's queue of `user_created`.
+pub const ORDER_SERVICE_USER_CREATED: Subscription = Subscription {
+    queue: "order_service.user_created",
+    routing_key: "user_created",
+};
+/// The payment service's queue of `order_created`.
+pub const PAYMENT_SERVICE_ORDER_CREATED: Subscription = Subscription {
+    queue: "payment_service.order_created",
+    routing_key: "order_created",
+};
+/// The order service's queue of `payment_processed`.
+pub const ORDER_SERVICE_PAYMENT_PROCESSED: Subscription = Subscription {
+    queue: "order_service.payment_processed",
+    routing_key: "payment_processed",
+};
+
 /// Every consumer queue of the system.
 pub const SUBSCRIPTIONS: &[Subscription] = &[
-    Subscription {
-        queue: "order_service.user_created",
-        routing_key: "user_created",
-    },
-    Subscription {
-        queue: "payment_service.order_created",
-        routing_key: "order_created",
-    },
-    Subscription {
-        queue: "order_service.payment_processed",
-        routing_key: "payment_processed",
-    },
+    ORDER_SERVICE_USER_CREATED,
+    PAYMENT_SERVICE_ORDER_CREATED,
+    ORDER_SERVICE_PAYMENT_PROCESSED,
 ];
 
 /// An invalid `BUS_NAMESPACE`.

@@ -7,9 +7,6 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-/// Postgres SQLSTATE classes and codes that mean "try again later", not "your request is wrong".
-const TRANSIENT_SQLSTATES: &[&str] = &["40001", "40P01", "53300", "57P01", "57P02", "57P03"];
-
 /// One bad field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -43,17 +40,7 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        let transient = match &error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => true,
-            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-                code.starts_with("08") || TRANSIENT_SQLSTATES.contains(&code.as_ref())
-            }),
-            _ => false,
-        };
-        if transient {
+        if messaging::db_errors::is_transient(&error) {
             Self::Unavailable(error.into())
         } else {
             Self::Internal(error.into())
@@ -94,6 +81,15 @@ impl From<ApiError> for Status {
             }
         }
     }
+}
+
+/// Parses a required UUID field of a request.
+pub fn parse_uuid(field: &'static str, raw: &str) -> Result<uuid::Uuid, Violation> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err(Violation::new(field, "is required"));
+    }
+    uuid::Uuid::parse_str(raw).map_err(|_| Violation::new(field, "must be a UUID"))
 }
 
 #[cfg(test)]

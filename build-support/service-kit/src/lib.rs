@@ -10,7 +10,9 @@
 
 pub mod database;
 pub mod error;
+pub mod pagination;
 pub mod proto_time;
+pub mod repository;
 pub mod request_context;
 pub mod runtime;
 pub mod settings;

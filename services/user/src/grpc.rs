@@ -4,10 +4,9 @@ use proto::user::v1::{
     CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse,
     user_service_server::UserService,
 };
-use service_kit::{ApiError, error::Violation, request_context};
+use service_kit::{ApiError, error::parse_uuid, request_context};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::{domain::NewUser, repository};
 
@@ -44,17 +43,8 @@ impl UserService for UserApi {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        let raw = request.get_ref().user_id.trim();
-        let user_id = Uuid::parse_str(raw).map_err(|_| {
-            ApiError::InvalidArgument(vec![Violation::new(
-                "user_id",
-                if raw.is_empty() {
-                    "is required"
-                } else {
-                    "must be a UUID"
-                },
-            )])
-        })?;
+        let user_id = parse_uuid("user_id", &request.get_ref().user_id)
+            .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         let user = repository::find(&self.pool, user_id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no user with id {user_id}")))?;

@@ -1,0 +1,386 @@
+//! The consumer runtime, written once for every consumer of the system.
+//!
+//! A delivery is decoded into an [`Incoming`] event (or sent straight to the dead-letter queue
+//! when it cannot be), then applied in one database transaction that also records it in the
+//! inbox and holds the outbox rows of the events it causes. The delivery is acked only after
+//! that transaction committed; a duplicate finds its inbox row and is acked without effect.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
+use lapin::{
+    Channel, Connection,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+use proto::Event;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{
+    connection::Bus,
+    db_errors,
+    envelope::{CAUSATION_ID_HEADER, EventContext, TRACEPARENT_HEADER},
+    inbox,
+    topology::Subscription,
+    trace_context::TraceParent,
+};
+
+/// Largest payload a consumer accepts; anything bigger is dead-lettered undecoded.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// Pause before a transiently failed message goes back to the queue, so a lost database does not
+/// turn into a hot loop.
+const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A decoded event and the metadata it travelled with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming<E> {
+    pub event: E,
+    /// The event id: the inbox key.
+    pub message_id: Uuid,
+    pub correlation_id: String,
+    /// What caused this event, if the producer said.
+    pub causation_id: Option<String>,
+    /// This hop's trace context: the producer's, continued.
+    pub traceparent: TraceParent,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+}
+
+impl<E> Incoming<E> {
+    /// The context of the events this one causes: the same flow, caused by this message.
+    pub fn caused_context(&self) -> EventContext {
+        EventContext {
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.message_id.to_string(),
+            traceparent: self.traceparent.child(),
+        }
+    }
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying: a dependency is down or asked to retry.
+    #[error("transient failure: {0:#}")]
+    Transient(anyhow::Error),
+    /// Retrying cannot help: the message goes to the dead-letter queue.
+    #[error("permanent failure: {0:#}")]
+    Permanent(anyhow::Error),
+}
+
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        if db_errors::is_transient(&error) {
+            Self::Transient(error.into())
+        } else {
+            Self::Permanent(error.into())
+        }
+    }
+}
+
+/// Parses an id field of an event; a malformed id is a permanent failure.
+pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, HandlerError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| HandlerError::Permanent(anyhow::anyhow!("{field} {raw:?} is not a UUID")))
+}
+
+/// Applies one kind of event. It runs inside the consumer's transaction: everything it writes
+/// (its effect, and the outbox rows of the events it causes) commits together with the inbox row.
+pub trait Handler: Send + Sync + 'static {
+    /// The event this handler consumes.
+    type Event: Event + Send + Sync;
+
+    fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &Incoming<Self::Event>,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Why a delivery could not be decoded; it is dead-lettered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("no message_id property")]
+    MissingMessageId,
+    #[error("message_id {0:?} is not a UUID")]
+    InvalidMessageId(String),
+    #[error("type {found:?} is not the expected {expected}")]
+    UnexpectedType {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("payload does not decode: {0}")]
+    Undecodable(String),
+}
+
+/// Decodes a delivery as `E`, checking the metadata SPEC §4 requires.
+pub fn decode<E: Event>(delivery: &Delivery) -> Result<Incoming<E>, DecodeError> {
+    let properties = &delivery.properties;
+    let raw_id = properties
+        .message_id()
+        .as_ref()
+        .ok_or(DecodeError::MissingMessageId)?
+        .as_str();
+    let message_id =
+        Uuid::parse_str(raw_id).map_err(|_| DecodeError::InvalidMessageId(raw_id.to_owned()))?;
+    let kind = properties.kind().as_ref().map(|k| k.as_str()).unwrap_or("");
+    if kind != E::TYPE_NAME {
+        return Err(DecodeError::UnexpectedType {
+            expected: E::TYPE_NAME,
+            found: kind.to_owned(),
+        });
+    }
+    if delivery.data.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge(delivery.data.len()));
+    }
+    let event = E::decode(delivery.data.as_slice())
+        .map_err(|error| DecodeError::Undecodable(error.to_string()))?;
+
+    let headers = properties.headers().as_ref();
+    let header = |name: &str| headers.and_then(|h| string_value(h, name));
+    Ok(Incoming {
+        event,
+        message_id,
+        correlation_id: properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| message_id.to_string()),
+        causation_id: header(CAUSATION_ID_HEADER),
+        traceparent: TraceParent::continue_from(header(TRACEPARENT_HEADER).as_deref()),
+        redelivered: delivery.redelivered,
+    })
+}
+
+fn string_value(headers: &FieldTable, name: &str) -> Option<String> {
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.to_string()),
+        _ => None,
+    }
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Applied,
+    Duplicate,
+}
+
+/// Consumes one queue with a handler, following the bus through reconnects.
+#[derive(Debug)]
+pub struct EventConsumer<H> {
+    name: &'static str,
+    subscription: Subscription,
+    pool: PgPool,
+    bus: Bus,
+    handler: Arc<H>,
+    prefetch: u16,
+    workers: usize,
+}
+
+impl<H: Handler> EventConsumer<H> {
+    /// A consumer named `name` (the inbox key, e.g. `order_service`) of `subscription`'s queue.
+    pub fn new(
+        name: &'static str,
+        subscription: Subscription,
+        pool: PgPool,
+        bus: Bus,
+        handler: H,
+    ) -> Self {
+        Self {
+            name,
+            subscription,
+            pool,
+            bus,
+            handler: Arc::new(handler),
+            prefetch: 16,
+            workers: 4,
+        }
+    }
+
+    /// Unacknowledged deliveries the broker may push to each worker.
+    pub fn with_prefetch(mut self, prefetch: u16) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// Workers, each with its own channel, handling deliveries in parallel.
+    pub fn with_workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Consumes until `stop` is cancelled. Each worker finishes (acks or requeues) the delivery
+    /// it is handling, then closes its channel, which returns its unacked prefetch to the queue.
+    pub async fn run(self, stop: CancellationToken) {
+        let this = Arc::new(self);
+        let workers = (0..this.workers).map(|worker| {
+            let this = this.clone();
+            let stop = stop.clone();
+            async move { this.work(worker, stop).await }
+        });
+        futures_util::future::join_all(workers).await;
+        tracing::info!(
+            consumer = this.name,
+            queue = this.subscription.queue,
+            "consumer stopped"
+        );
+    }
+
+    async fn work(&self, worker: usize, stop: CancellationToken) {
+        let mut bus = self.bus.watch();
+        loop {
+            let connected = bus.borrow_and_update().clone();
+            if let Some(connected) = connected {
+                match self.consume(&connected.connection, &stop).await {
+                    Ok(()) => return,
+                    Err(error) => tracing::warn!(
+                        consumer = self.name,
+                        worker,
+                        error = format!("{error:#}"),
+                        "consuming stopped; resuming after reconnect"
+                    ),
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = bus.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(TRANSIENT_PAUSE) => {}
+            }
+        }
+    }
+
+    /// Consumes on a fresh channel until `stop` (`Ok`) or the channel fails (`Err`).
+    async fn consume(
+        &self,
+        connection: &Connection,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = self.bus.topology().queue(&self.subscription);
+        let mut deliveries = channel
+            .basic_consume(
+                queue.into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    close(&channel).await;
+                    return Ok(());
+                }
+                next = deliveries.next() => next,
+            };
+            match next {
+                Some(Ok(delivery)) => self.process(delivery).await,
+                Some(Err(error)) => return Err(error.into()),
+                None => anyhow::bail!("the broker cancelled the consumer"),
+            }
+        }
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(consumer = self.name, message_id, correlation_id, redelivered = delivery.redelivered)
+    )]
+    async fn process(&self, delivery: Delivery) {
+        let message = match decode::<H::Event>(&delivery) {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "undecodable message; dead-lettering it");
+                settle(reject(&delivery)).await;
+                return;
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("message_id", tracing::field::display(message.message_id));
+        span.record("correlation_id", message.correlation_id.as_str());
+
+        match self.apply(&message).await {
+            Ok(Outcome::Applied) => settle(ack(&delivery)).await,
+            Ok(Outcome::Duplicate) => {
+                tracing::info!("duplicate message; acknowledged without effect");
+                settle(ack(&delivery)).await;
+            }
+            Err(HandlerError::Permanent(error)) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "cannot apply message; dead-lettering it"
+                );
+                settle(reject(&delivery)).await;
+            }
+            Err(HandlerError::Transient(error)) => {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "transient failure; requeueing"
+                );
+                tokio::time::sleep(TRANSIENT_PAUSE).await;
+                settle(requeue(&delivery)).await;
+            }
+        }
+    }
+
+    /// The inbox row, the handler's effect and its outbox rows, in one transaction.
+    async fn apply(&self, message: &Incoming<H::Event>) -> Result<Outcome, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        if !inbox::record(&mut tx, self.name, message.message_id).await? {
+            return Ok(Outcome::Duplicate);
+        }
+        self.handler.handle(&mut tx, message).await?;
+        tx.commit().await?;
+        Ok(Outcome::Applied)
+    }
+}
+
+async fn ack(delivery: &Delivery) -> Result<bool, lapin::Error> {
+    delivery.ack(BasicAckOptions::default()).await
+}
+
+/// To the dead-letter queue, through the queue's dead-letter exchange.
+async fn reject(delivery: &Delivery) -> Result<bool, lapin::Error> {
+    delivery.reject(BasicRejectOptions { requeue: false }).await
+}
+
+async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
+    delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await
+}
+
+/// A failed ack or nack means the channel is gone: the broker redelivers the message, and the
+/// inbox makes that harmless. `Ok(false)` means the delivery was already settled, a bug.
+async fn settle(outcome: impl Future<Output = Result<bool, lapin::Error>>) {
+    match outcome.await {
+        Ok(true) => {}
+        Ok(false) => tracing::error!("the delivery was already settled"),
+        Err(error) => {
+            tracing::warn!(%error, "could not settle the delivery; the broker will redeliver it")
+        }
+    }
+}
+
+async fn close(channel: &Channel) {
+    if let Err(error) = channel.close(200, "consumer stopping".into()).await {
+        tracing::debug!(%error, "closing the consumer channel");
+    }
+}

@@ -1,0 +1,21 @@
+//! `order-service`: reads its settings, sets up telemetry, runs until SIGINT or SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use order_service::{
+    Application,
+    settings::{Cli, DEFAULTS},
+};
+use service_kit::{shutdown, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let prices = cli.price_list()?;
+    let settings = cli.common.resolve(&DEFAULTS)?;
+    telemetry::init(&settings.rust_log, settings.log_format)?;
+    let application = Application::build(&settings, prices)
+        .await
+        .context("order-service failed to start")?;
+    application.run_until_stopped(shutdown::signal()).await
+}

@@ -1,0 +1,5 @@
+//! The payment domain.
+
+mod payment;
+
+pub use payment::{Payment, PaymentStatus};

@@ -1,0 +1,93 @@
+//! A payment, and how it is shown and announced.
+
+use chrono::{DateTime, Utc};
+use proto::payment::v1 as pb;
+use service_kit::proto_time::to_timestamp;
+use uuid::Uuid;
+
+/// How a charge ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    Succeeded,
+    Declined,
+}
+
+impl PaymentStatus {
+    /// The value stored in `payments.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Declined => "declined",
+        }
+    }
+
+    /// Reads a `payments.status` value.
+    pub fn from_db(value: &str) -> Option<Self> {
+        [Self::Succeeded, Self::Declined]
+            .into_iter()
+            .find(|status| status.as_str() == value)
+    }
+
+    pub fn to_proto(self) -> pb::PaymentStatus {
+        match self {
+            Self::Succeeded => pb::PaymentStatus::Succeeded,
+            Self::Declined => pb::PaymentStatus::Declined,
+        }
+    }
+}
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub payment_id: Uuid,
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: PaymentStatus,
+    pub decline_reason: Option<String>,
+    pub create_time: DateTime<Utc>,
+}
+
+impl Payment {
+    /// The `payment_processed` event announcing this payment.
+    pub fn processed_event(&self) -> pb::PaymentProcessed {
+        pb::PaymentProcessed {
+            payment_id: self.payment_id.to_string(),
+            order_id: self.order_id.to_string(),
+            user_id: self.user_id.to_string(),
+            status: self.status.to_proto().into(),
+            decline_reason: self.decline_reason.clone().unwrap_or_default(),
+            amount_minor: self.amount_minor,
+            currency: self.currency.clone(),
+            process_time: Some(to_timestamp(self.create_time)),
+        }
+    }
+}
+
+impl From<Payment> for pb::Payment {
+    fn from(payment: Payment) -> Self {
+        Self {
+            payment_id: payment.payment_id.to_string(),
+            order_id: payment.order_id.to_string(),
+            user_id: payment.user_id.to_string(),
+            amount_minor: payment.amount_minor,
+            currency: payment.currency,
+            status: payment.status.to_proto().into(),
+            decline_reason: payment.decline_reason.unwrap_or_default(),
+            create_time: Some(to_timestamp(payment.create_time)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_the_database_value() {
+        for status in [PaymentStatus::Succeeded, PaymentStatus::Declined] {
+            assert_eq!(PaymentStatus::from_db(status.as_str()), Some(status));
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The `payment.v1.PaymentService` gRPC API.
+
+use proto::payment::v1::{
+    GetPaymentRequest, GetPaymentResponse, ListPaymentsRequest, ListPaymentsResponse,
+    payment_service_server::PaymentService,
+};
+use service_kit::{
+    ApiError,
+    error::{Violation, parse_uuid},
+    pagination::{self, PageToken},
+};
+use sqlx::PgPool;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::repository::{self, PaymentFilter};
+
+/// The gRPC service over the payments database.
+#[derive(Debug, Clone)]
+pub struct PaymentApi {
+    pool: PgPool,
+}
+
+impl PaymentApi {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    #[tracing::instrument(skip_all, fields(payment_id = %request.get_ref().payment_id))]
+    async fn get_payment(
+        &self,
+        request: Request<GetPaymentRequest>,
+    ) -> Result<Response<GetPaymentResponse>, Status> {
+        let payment_id = parse_uuid("payment_id", &request.get_ref().payment_id)
+            .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
+        let payment = repository::find(&self.pool, payment_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("no payment with id {payment_id}")))?;
+        Ok(Response::new(GetPaymentResponse {
+            payment: Some(payment.into()),
+        }))
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(user_id = %request.get_ref().user_id, order_id = %request.get_ref().order_id)
+    )]
+    async fn list_payments(
+        &self,
+        request: Request<ListPaymentsRequest>,
+    ) -> Result<Response<ListPaymentsResponse>, Status> {
+        let request = request.get_ref();
+        let mut violations = Vec::new();
+        let user_id = optional_uuid("user_id", &request.user_id, &mut violations);
+        let order_id = optional_uuid("order_id", &request.order_id, &mut violations);
+        if violations.is_empty() && user_id.is_none() && order_id.is_none() {
+            violations.push(Violation::new("user_id", "user_id or order_id is required"));
+            violations.push(Violation::new(
+                "order_id",
+                "user_id or order_id is required",
+            ));
+        }
+        let page_size = pagination::page_size(request.page_size)
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        let after = PageToken::decode(&request.page_token)
+            .map_err(|violation| violations.push(violation))
+            .ok()
+            .flatten();
+        let Some(page_size) = page_size.filter(|_| violations.is_empty()) else {
+            return Err(ApiError::InvalidArgument(violations).into());
+        };
+
+        let filter = PaymentFilter { user_id, order_id };
+        let rows = repository::list(&self.pool, filter, after, page_size + 1)
+            .await
+            .map_err(ApiError::from)?;
+        let (payments, next_page_token) =
+            pagination::paginate(rows, page_size, |payment| PageToken {
+                create_time: payment.create_time,
+                id: payment.payment_id,
+            });
+        Ok(Response::new(ListPaymentsResponse {
+            payments: payments.into_iter().map(Into::into).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+/// An optional UUID filter: empty means absent, anything else must parse.
+fn optional_uuid(field: &'static str, raw: &str, violations: &mut Vec<Violation>) -> Option<Uuid> {
+    if raw.trim().is_empty() {
+        return None;
+    }
+    parse_uuid(field, raw)
+        .map_err(|violation| violations.push(violation))
+        .ok()
+}

@@ -1,0 +1,12 @@
+//! The payment service: consumes `order_created`, charges the order once through the payment
+//! gateway and publishes `payment_processed` through the outbox.
+
+pub mod domain;
+pub mod gateway;
+pub mod grpc;
+pub mod handlers;
+pub mod repository;
+pub mod settings;
+pub mod startup;
+
+pub use startup::Application;
