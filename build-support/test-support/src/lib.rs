@@ -1,7 +1,14 @@
 //! Test support shared by every integration test binary: an isolated [`Sandbox`] (fresh
 //! databases and a random `BUS_NAMESPACE` on the shared Postgres and RabbitMQ, removed on drop),
-//! event capture on the broker, polling with a deadline, and a TCP proxy that makes the broker
-//! reachable on demand without touching the shared one.
+//! a service [`Running`] in the test, event capture and publishing on the broker, polling with a
+//! deadline, and a TCP proxy that makes the broker reachable on demand without touching the
+//! shared one.
+
+mod broker;
+mod running;
+
+pub use broker::{dead_letters, new_context, publish, publish_raw, queue_depth};
+pub use running::Running;
 
 use std::{future::Future, time::Duration};
 
@@ -199,6 +206,25 @@ where
     Fut: Future<Output = bool>,
 {
     eventually_within(PATIENCE, condition).await;
+}
+
+/// Polls `probe` until it finds something, and returns it; panics after [`PATIENCE`].
+pub async fn eventually_some<T, F, Fut>(mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing found within {PATIENCE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `condition` until it holds; panics after `patience`.

@@ -8,12 +8,9 @@ use proto::user::v1::{
     CreateUserRequest, CreateUserResponse, user_service_client::UserServiceClient,
 };
 use sqlx::PgPool;
-use test_support::Sandbox;
-use tokio_util::sync::CancellationToken;
+use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic_health::pb::health_check_response::ServingStatus;
 use user_service::Application;
 
 /// A running user service and what a test needs around it.
@@ -25,8 +22,7 @@ pub struct TestApp {
     pub db: PgPool,
     /// The test's own connection to the real broker.
     pub amqp: Connection,
-    shutdown: CancellationToken,
-    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    service: Running,
     // Last, so the service stops before its database and namespace go.
     sandbox: Sandbox,
 }
@@ -34,7 +30,7 @@ pub struct TestApp {
 /// The user service against the shared broker, ready (health SERVING) before it returns.
 pub async fn spawn_app() -> TestApp {
     let app = spawn_app_with_broker(&test_support::broker_url()).await;
-    app.wait_for_health(ServingStatus::Serving).await;
+    app.service.wait_for_health(ServingStatus::Serving).await;
     app
 }
 
@@ -46,22 +42,18 @@ pub async fn spawn_app_with_broker(amqp_url: &str) -> TestApp {
     let application = Application::build(&settings)
         .await
         .expect("the service starts");
-    let addr = application.local_addr();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(application.run_until_stopped(shutdown.clone().cancelled_owned()));
-
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("a valid endpoint")
-        .connect()
-        .await
-        .expect("the gRPC server accepts connections");
+    let service = Running::start(
+        application.local_addr(),
+        "user.v1.UserService",
+        |shutdown| application.run_until_stopped(shutdown),
+    )
+    .await;
     TestApp {
-        client: UserServiceClient::new(channel.clone()),
-        channel,
+        client: UserServiceClient::new(service.channel.clone()),
+        channel: service.channel.clone(),
         db: sandbox.pool("users").await,
         amqp: test_support::broker().await,
-        shutdown,
-        server: Some(server),
+        service,
         sandbox,
     }
 }
@@ -104,18 +96,12 @@ impl TestApp {
 
     /// The health the service reports for `user.v1.UserService`.
     pub async fn health(&self) -> ServingStatus {
-        let response = HealthClient::new(self.channel.clone())
-            .check(HealthCheckRequest {
-                service: "user.v1.UserService".into(),
-            })
-            .await
-            .expect("health answers");
-        response.into_inner().status()
+        self.service.health().await
     }
 
     /// Waits until health reports `status`.
     pub async fn wait_for_health(&self, status: ServingStatus) {
-        test_support::eventually(|| async { self.health().await == status }).await;
+        self.service.wait_for_health(status).await;
     }
 
     /// A private queue receiving every event published with `routing_key`.
@@ -139,22 +125,7 @@ impl TestApp {
     }
 
     /// Stops the service as SIGTERM would, and waits for it.
-    pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("the service task ends")
-                .expect("the service stops cleanly");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+    pub async fn stop(self) {
+        self.service.stop().await;
     }
 }

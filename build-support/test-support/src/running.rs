@@ -1,0 +1,83 @@
+//! A service application running in the test's runtime, with a gRPC channel to it.
+
+use std::{future::Future, net::SocketAddr};
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::transport::Channel;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// A running service. Dropping it cancels the service; [`Running::stop`] also waits for it.
+#[derive(Debug)]
+pub struct Running {
+    /// A channel to the service's gRPC server; clients share it.
+    pub channel: Channel,
+    grpc_service: &'static str,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Runs `run` (an application's `run_until_stopped`, given its shutdown signal) and connects
+    /// to it at `addr`. `grpc_service` is the name its health is asked about.
+    pub async fn start<F>(
+        addr: SocketAddr,
+        grpc_service: &'static str,
+        run: impl FnOnce(WaitForCancellationFutureOwned) -> F,
+    ) -> Self
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(run(shutdown.clone().cancelled_owned()));
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("a valid endpoint")
+            .connect()
+            .await
+            .expect("the gRPC server accepts connections");
+        Self {
+            channel,
+            grpc_service,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// What the service's health says about its gRPC service.
+    pub async fn health(&self) -> ServingStatus {
+        HealthClient::new(self.channel.clone())
+            .check(HealthCheckRequest {
+                service: self.grpc_service.into(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status()
+    }
+
+    /// Waits until health reports `status`.
+    pub async fn wait_for_health(&self, status: ServingStatus) {
+        crate::eventually(|| async { self.health().await == status }).await;
+    }
+
+    /// Stops the service as SIGTERM would, and waits until it has drained.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the service task ends")
+                .expect("the service stops cleanly");
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `spawn_app`: the order service on port 0 in a fresh sandbox, with a client, its database and
+//! the broker at hand.
+
+use lapin::{Connection, Consumer};
+use messaging::{Envelope, EventContext, Topology};
+use order_service::{Application, domain::PriceList};
+use proto::{
+    order::v1::{GetOrderRequest, Order, order_service_client::OrderServiceClient},
+    payment::v1::{PaymentProcessed, PaymentStatus},
+    user::v1::{Plan, UserCreated},
+};
+use sqlx::PgPool;
+use test_support::{Running, Sandbox};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use uuid::Uuid;
+
+/// A running order service and what a test needs around it.
+pub struct TestApp {
+    pub client: OrderServiceClient<Channel>,
+    pub db: PgPool,
+    pub amqp: Connection,
+    // Held so the service runs as long as the test; dropping it stops the service.
+    _service: Running,
+    sandbox: Sandbox,
+}
+
+/// The order service with the default prices, ready before it returns.
+pub async fn spawn_app() -> TestApp {
+    let sandbox = Sandbox::new();
+    let service = start_instance(&sandbox).await;
+    TestApp {
+        client: OrderServiceClient::new(service.channel.clone()),
+        db: sandbox.pool("orders").await,
+        amqp: test_support::broker().await,
+        _service: service,
+        sandbox,
+    }
+}
+
+async fn start_instance(sandbox: &Sandbox) -> Running {
+    let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
+    let application = Application::build(&settings, PriceList::default())
+        .await
+        .expect("the service starts");
+    let service = Running::start(
+        application.local_addr(),
+        "order.v1.OrderService",
+        |shutdown| application.run_until_stopped(shutdown),
+    )
+    .await;
+    service.wait_for_health(ServingStatus::Serving).await;
+    service
+}
+
+impl TestApp {
+    pub fn topology(&self) -> &Topology {
+        &self.sandbox.topology
+    }
+
+    /// A second instance of the service on the same database and queues.
+    pub async fn start_another_instance(&self) -> Running {
+        start_instance(&self.sandbox).await
+    }
+
+    /// A private queue receiving every event published with `routing_key`.
+    pub async fn capture(&self, routing_key: &str) -> Consumer {
+        test_support::capture(&self.amqp, self.topology(), routing_key).await
+    }
+
+    /// Publishes `envelope` as the user or payment service would.
+    pub async fn publish(&self, envelope: &Envelope) {
+        test_support::publish(&self.amqp, self.topology(), "test", envelope).await;
+    }
+
+    /// Orders in the database.
+    pub async fn order_rows(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from orders")
+            .fetch_one(&self.db)
+            .await
+            .expect("count orders")
+    }
+
+    /// The order of `user_id`, once there is one.
+    pub async fn order_of(&self, user_id: &str) -> Order {
+        let order_id: Uuid = test_support::eventually_some(|| async {
+            sqlx::query_scalar("select order_id from orders where user_id = $1::uuid")
+                .bind(user_id)
+                .fetch_optional(&self.db)
+                .await
+                .expect("query")
+        })
+        .await;
+        self.get_order(&order_id.to_string()).await
+    }
+
+    /// GetOrder.
+    pub async fn get_order(&self, order_id: &str) -> Order {
+        self.client
+            .clone()
+            .get_order(GetOrderRequest {
+                order_id: order_id.into(),
+            })
+            .await
+            .expect("the order exists")
+            .into_inner()
+            .order
+            .expect("an order")
+    }
+}
+
+/// A `user_created` envelope for a new user.
+pub fn user_created(email: &str, plan: Plan) -> Envelope {
+    user_created_in(email, plan, &test_support::new_context())
+}
+
+/// A `user_created` envelope for a new user, in a given flow.
+pub fn user_created_in(email: &str, plan: Plan, context: &EventContext) -> Envelope {
+    let event = UserCreated {
+        user_id: Uuid::new_v4().to_string(),
+        email: email.into(),
+        name: "Test User".into(),
+        plan: plan.into(),
+        create_time: None,
+    };
+    Envelope::new(&event, context)
+}
+
+/// A `payment_processed` envelope settling `order`.
+pub fn payment_processed(order: &Order, status: PaymentStatus) -> Envelope {
+    let event = PaymentProcessed {
+        payment_id: Uuid::new_v4().to_string(),
+        order_id: order.order_id.clone(),
+        user_id: order.user_id.clone(),
+        status: status.into(),
+        decline_reason: if status == PaymentStatus::Declined {
+            "card_declined".into()
+        } else {
+            String::new()
+        },
+        amount_minor: order.amount_minor,
+        currency: order.currency.clone(),
+        process_time: None,
+    };
+    Envelope::new(&event, &test_support::new_context())
+}
+
+/// The user id a `user_created` envelope announces.
+pub fn user_id(envelope: &Envelope) -> String {
+    use prost::Message;
+    UserCreated::decode(envelope.payload.as_slice())
+        .expect("a UserCreated")
+        .user_id
+}
