@@ -1,0 +1,113 @@
+//! `spawn_app`: the payment service on port 0 in a fresh sandbox, with a client, its database
+//! and the broker at hand.
+
+use lapin::{Connection, Consumer};
+use messaging::{Envelope, Topology};
+use payment_service::Application;
+use proto::{
+    order::v1::OrderCreated,
+    payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
+    user::v1::Plan,
+};
+use sqlx::PgPool;
+use test_support::{Running, Sandbox};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use uuid::Uuid;
+
+/// A running payment service and what a test needs around it.
+pub struct TestApp {
+    pub client: PaymentServiceClient<Channel>,
+    pub db: PgPool,
+    pub amqp: Connection,
+    // Held so the service runs as long as the test; dropping it stops the service.
+    _service: Running,
+    sandbox: Sandbox,
+}
+
+/// The payment service with the simulated gateway, ready before it returns.
+pub async fn spawn_app() -> TestApp {
+    let sandbox = Sandbox::new();
+    let settings = sandbox.settings("payment-service", "payments", &test_support::broker_url());
+    let application = Application::build(&settings)
+        .await
+        .expect("the service starts");
+    let service = Running::start(
+        application.local_addr(),
+        "payment.v1.PaymentService",
+        |shutdown| application.run_until_stopped(shutdown),
+    )
+    .await;
+    service.wait_for_health(ServingStatus::Serving).await;
+    TestApp {
+        client: PaymentServiceClient::new(service.channel.clone()),
+        db: sandbox.pool("payments").await,
+        amqp: test_support::broker().await,
+        _service: service,
+        sandbox,
+    }
+}
+
+impl TestApp {
+    pub fn topology(&self) -> &Topology {
+        &self.sandbox.topology
+    }
+
+    /// A private queue receiving every event published with `routing_key`.
+    pub async fn capture(&self, routing_key: &str) -> Consumer {
+        test_support::capture(&self.amqp, self.topology(), routing_key).await
+    }
+
+    /// Publishes `envelope` as the order service would.
+    pub async fn publish(&self, envelope: &Envelope) {
+        test_support::publish(&self.amqp, self.topology(), "test", envelope).await;
+    }
+
+    /// Payments in the database.
+    pub async fn payment_rows(&self) -> i64 {
+        sqlx::query_scalar("select count(*) from payments")
+            .fetch_one(&self.db)
+            .await
+            .expect("count payments")
+    }
+
+    /// The payments of `order_id`, through ListPayments.
+    pub async fn payments_of_order(&self, order_id: &str) -> Vec<Payment> {
+        self.client
+            .clone()
+            .list_payments(ListPaymentsRequest {
+                order_id: order_id.into(),
+                ..ListPaymentsRequest::default()
+            })
+            .await
+            .expect("listed")
+            .into_inner()
+            .payments
+    }
+
+    /// The payment of `order_id`, once there is one.
+    pub async fn payment_of(&self, order_id: &str) -> Payment {
+        test_support::eventually_some(|| async { self.payments_of_order(order_id).await.pop() })
+            .await
+    }
+}
+
+/// An `order_created` for a new order of a new user with `email`.
+pub fn order_created(email: &str) -> (OrderCreated, Envelope) {
+    order_created_for(email, &Uuid::new_v4().to_string())
+}
+
+/// An `order_created` for a new order of `user_id`.
+pub fn order_created_for(email: &str, user_id: &str) -> (OrderCreated, Envelope) {
+    let event = OrderCreated {
+        order_id: Uuid::now_v7().to_string(),
+        user_id: user_id.into(),
+        user_email: email.into(),
+        plan: Plan::Basic.into(),
+        amount_minor: 999,
+        currency: "USD".into(),
+        create_time: None,
+    };
+    let envelope = Envelope::new(&event, &test_support::new_context());
+    (event, envelope)
+}
