@@ -1,0 +1,159 @@
+//! `spawn_stack`: the three services in one sandbox (one bus namespace, one database each), with
+//! clients and database pools to assert on.
+
+use lapin::Connection;
+use order_service::domain::PriceList;
+use proto::{
+    order::v1::{ListOrdersRequest, Order, order_service_client::OrderServiceClient},
+    payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
+    user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
+};
+use sqlx::PgPool;
+use test_support::{Running, Sandbox};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// The three services of one test.
+pub struct Stack {
+    pub users: UserServiceClient<Channel>,
+    pub orders: OrderServiceClient<Channel>,
+    pub payments: Option<PaymentServiceClient<Channel>>,
+    pub order_db: PgPool,
+    pub payment_db: PgPool,
+    pub amqp: Connection,
+    services: Vec<Running>,
+    pub sandbox: Sandbox,
+}
+
+/// All three services, ready.
+pub async fn spawn_stack() -> Stack {
+    let mut stack = spawn_stack_without_payment().await;
+    stack.start_payment_service().await;
+    stack
+}
+
+/// The user and order services only; start the payment service with
+/// [`Stack::start_payment_service`].
+pub async fn spawn_stack_without_payment() -> Stack {
+    let sandbox = Sandbox::new();
+    let user = start_user_service(&sandbox).await;
+    let order = start_order_service(&sandbox).await;
+    // The payment service creates its database when it starts; until then, point at it lazily.
+    let payment_db = sqlx::postgres::PgPoolOptions::new()
+        .connect_lazy(&sandbox.database_url("payments"))
+        .expect("a valid URL");
+    Stack {
+        users: UserServiceClient::new(user.channel.clone()),
+        orders: OrderServiceClient::new(order.channel.clone()),
+        payments: None,
+        order_db: sandbox.pool("orders").await,
+        payment_db,
+        amqp: test_support::broker().await,
+        services: vec![user, order],
+        sandbox,
+    }
+}
+
+async fn start_user_service(sandbox: &Sandbox) -> Running {
+    let settings = sandbox.settings("user-service", "users", &test_support::broker_url());
+    let app = user_service::Application::build(&settings)
+        .await
+        .expect("the user service starts");
+    let running = Running::start(app.local_addr(), "user.v1.UserService", |shutdown| {
+        app.run_until_stopped(shutdown)
+    })
+    .await;
+    running.wait_for_health(ServingStatus::Serving).await;
+    running
+}
+
+async fn start_order_service(sandbox: &Sandbox) -> Running {
+    let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
+    let app = order_service::Application::build(&settings, PriceList::default())
+        .await
+        .expect("the order service starts");
+    let running = Running::start(app.local_addr(), "order.v1.OrderService", |shutdown| {
+        app.run_until_stopped(shutdown)
+    })
+    .await;
+    running.wait_for_health(ServingStatus::Serving).await;
+    running
+}
+
+impl Stack {
+    /// Starts the payment service (again).
+    pub async fn start_payment_service(&mut self) {
+        let settings =
+            self.sandbox
+                .settings("payment-service", "payments", &test_support::broker_url());
+        let app = payment_service::Application::build(&settings)
+            .await
+            .expect("the payment service starts");
+        let running = Running::start(app.local_addr(), "payment.v1.PaymentService", |shutdown| {
+            app.run_until_stopped(shutdown)
+        })
+        .await;
+        running.wait_for_health(ServingStatus::Serving).await;
+        self.payments = Some(PaymentServiceClient::new(running.channel.clone()));
+        self.services.push(running);
+    }
+
+    /// Starts one more order service on the same database and queues.
+    pub async fn start_another_order_service(&mut self) {
+        let running = start_order_service(&self.sandbox).await;
+        self.services.push(running);
+    }
+
+    /// CreateUser with `email`.
+    pub async fn create_user(&self, email: &str) -> User {
+        self.users
+            .clone()
+            .create_user(CreateUserRequest {
+                email: email.into(),
+                name: "Test User".into(),
+                ..CreateUserRequest::default()
+            })
+            .await
+            .expect("CreateUser succeeds")
+            .into_inner()
+            .user
+            .expect("a user")
+    }
+
+    /// The user's orders, through ListOrders.
+    pub async fn orders_of(&self, user_id: &str) -> Vec<Order> {
+        self.orders
+            .clone()
+            .list_orders(ListOrdersRequest {
+                user_id: user_id.into(),
+                ..ListOrdersRequest::default()
+            })
+            .await
+            .expect("ListOrders succeeds")
+            .into_inner()
+            .orders
+    }
+
+    /// The user's payments, through ListPayments.
+    pub async fn payments_of(&self, user_id: &str) -> Vec<Payment> {
+        self.payments
+            .clone()
+            .expect("the payment service runs")
+            .list_payments(ListPaymentsRequest {
+                user_id: user_id.into(),
+                ..ListPaymentsRequest::default()
+            })
+            .await
+            .expect("ListPayments succeeds")
+            .into_inner()
+            .payments
+    }
+
+    /// Rows of `sql` (a `select count(*)`) in `pool`.
+    pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(pool)
+            .await
+            .expect("count")
+    }
+}
