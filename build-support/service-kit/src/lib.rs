@@ -20,5 +20,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use error::ApiError;
-pub use runtime::ServiceRuntime;
+pub use runtime::{Application, ServiceRuntime};
 pub use settings::{CommonArgs, ServiceDefaults, Settings};

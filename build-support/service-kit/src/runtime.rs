@@ -124,11 +124,24 @@ impl ServiceRuntime {
         self.workers.spawn(task(self.stop.clone()));
     }
 
+    /// The application serving the service's own API, which `add_services` adds beside health
+    /// and reflection.
+    pub fn into_application(
+        self,
+        add_services: impl FnOnce(Routes) -> Routes + Send + 'static,
+    ) -> std::io::Result<Application> {
+        Ok(Application {
+            local_addr: self.local_addr()?,
+            runtime: self,
+            add_services: Box::new(add_services),
+        })
+    }
+
     /// Serves health, reflection and the services `add_services` adds (the service's own API)
     /// until `shutdown` resolves, then drains and closes everything, each step bounded in time.
-    pub async fn serve(
+    async fn serve(
         self,
-        add_services: impl FnOnce(Routes) -> Routes,
+        add_services: Box<AddServices>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Self {
@@ -195,6 +208,42 @@ impl ServiceRuntime {
         pool.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Adds a service's own gRPC services to the routes.
+type AddServices = dyn FnOnce(Routes) -> Routes + Send;
+
+/// A built service: migrated, connected (or connecting), its background work running, its
+/// listener bound. `main` and the tests both run it with [`Application::run_until_stopped`].
+pub struct Application {
+    runtime: ServiceRuntime,
+    local_addr: SocketAddr,
+    add_services: Box<AddServices>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("runtime", &self.runtime)
+            .field("local_addr", &self.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Where the gRPC server listens (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then drains and stops.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr, "listening");
+        self.runtime.serve(self.add_services, shutdown).await
     }
 }
 

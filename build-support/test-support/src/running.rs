@@ -1,8 +1,7 @@
 //! A service application running in the test's runtime, with a gRPC channel to it.
 
-use std::{future::Future, net::SocketAddr};
-
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use service_kit::Application;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -19,18 +18,13 @@ pub struct Running {
 }
 
 impl Running {
-    /// Runs `run` (an application's `run_until_stopped`, given its shutdown signal) and connects
-    /// to it at `addr`. `grpc_service` is the name its health is asked about.
-    pub async fn start<F>(
-        addr: SocketAddr,
-        grpc_service: &'static str,
-        run: impl FnOnce(WaitForCancellationFutureOwned) -> F,
-    ) -> Self
-    where
-        F: Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
+    /// Runs `application` and connects to it. `grpc_service` is the name its health is asked
+    /// about.
+    pub async fn start(application: Application, grpc_service: &'static str) -> Self {
+        let addr = application.local_addr();
         let shutdown = CancellationToken::new();
-        let server = tokio::spawn(run(shutdown.clone().cancelled_owned()));
+        let server =
+            tokio::spawn(application.run_until_stopped(shutdown.clone().cancelled_owned()));
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .expect("a valid endpoint")
             .connect()
@@ -54,6 +48,13 @@ impl Running {
             .expect("health answers")
             .into_inner()
             .status()
+    }
+
+    /// Runs `application` and waits until its health says SERVING.
+    pub async fn ready(application: Application, grpc_service: &'static str) -> Self {
+        let running = Self::start(application, grpc_service).await;
+        running.wait_for_health(ServingStatus::Serving).await;
+        running
     }
 
     /// Waits until health reports `status`.

@@ -2,10 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use order_service::{
-    Application,
-    settings::{Cli, DEFAULTS},
-};
+use order_service::settings::{Cli, DEFAULTS};
 use service_kit::{shutdown, telemetry};
 
 #[tokio::main]
@@ -14,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     let prices = cli.price_list()?;
     let settings = cli.common.resolve(&DEFAULTS)?;
     telemetry::init(&settings.rust_log, settings.log_format)?;
-    let application = Application::build(&settings, prices)
+    let application = order_service::build(&settings, prices)
         .await
         .context("order-service failed to start")?;
     application.run_until_stopped(shutdown::signal()).await

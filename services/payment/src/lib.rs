@@ -9,4 +9,4 @@ pub mod repository;
 pub mod settings;
 pub mod startup;
 
-pub use startup::Application;
+pub use startup::build;

@@ -2,17 +2,14 @@
 
 use anyhow::Context;
 use clap::Parser;
-use payment_service::{
-    Application,
-    settings::{Cli, DEFAULTS},
-};
+use payment_service::settings::{Cli, DEFAULTS};
 use service_kit::{shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Cli::parse().common.resolve(&DEFAULTS)?;
     telemetry::init(&settings.rust_log, settings.log_format)?;
-    let application = Application::build(&settings)
+    let application = payment_service::build(&settings)
         .await
         .context("payment-service failed to start")?;
     application.run_until_stopped(shutdown::signal()).await

@@ -11,7 +11,6 @@ use proto::{
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The three services of one test.
 pub struct Stack {
@@ -56,28 +55,18 @@ pub async fn spawn_stack_without_payment() -> Stack {
 
 async fn start_user_service(sandbox: &Sandbox) -> Running {
     let settings = sandbox.settings("user-service", "users", &test_support::broker_url());
-    let app = user_service::Application::build(&settings)
+    let app = user_service::build(&settings)
         .await
         .expect("the user service starts");
-    let running = Running::start(app.local_addr(), "user.v1.UserService", |shutdown| {
-        app.run_until_stopped(shutdown)
-    })
-    .await;
-    running.wait_for_health(ServingStatus::Serving).await;
-    running
+    Running::ready(app, user_service::startup::GRPC_SERVICE).await
 }
 
 async fn start_order_service(sandbox: &Sandbox) -> Running {
     let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
-    let app = order_service::Application::build(&settings, PriceList::default())
+    let app = order_service::build(&settings, PriceList::default())
         .await
         .expect("the order service starts");
-    let running = Running::start(app.local_addr(), "order.v1.OrderService", |shutdown| {
-        app.run_until_stopped(shutdown)
-    })
-    .await;
-    running.wait_for_health(ServingStatus::Serving).await;
-    running
+    Running::ready(app, order_service::startup::GRPC_SERVICE).await
 }
 
 impl Stack {
@@ -86,14 +75,10 @@ impl Stack {
         let settings =
             self.sandbox
                 .settings("payment-service", "payments", &test_support::broker_url());
-        let app = payment_service::Application::build(&settings)
+        let app = payment_service::build(&settings)
             .await
             .expect("the payment service starts");
-        let running = Running::start(app.local_addr(), "payment.v1.PaymentService", |shutdown| {
-            app.run_until_stopped(shutdown)
-        })
-        .await;
-        running.wait_for_health(ServingStatus::Serving).await;
+        let running = Running::ready(app, payment_service::startup::GRPC_SERVICE).await;
         self.payments = Some(PaymentServiceClient::new(running.channel.clone()));
         self.services.push(running);
     }

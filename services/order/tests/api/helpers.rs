@@ -3,7 +3,7 @@
 
 use lapin::{Connection, Consumer};
 use messaging::{Envelope, EventContext, Topology};
-use order_service::{Application, domain::PriceList};
+use order_service::domain::PriceList;
 use proto::{
     order::v1::{GetOrderRequest, Order, order_service_client::OrderServiceClient},
     payment::v1::{PaymentProcessed, PaymentStatus},
@@ -12,7 +12,6 @@ use proto::{
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
 /// A running order service and what a test needs around it.
@@ -40,17 +39,10 @@ pub async fn spawn_app() -> TestApp {
 
 async fn start_instance(sandbox: &Sandbox) -> Running {
     let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
-    let application = Application::build(&settings, PriceList::default())
+    let application = order_service::build(&settings, PriceList::default())
         .await
         .expect("the service starts");
-    let service = Running::start(
-        application.local_addr(),
-        "order.v1.OrderService",
-        |shutdown| application.run_until_stopped(shutdown),
-    )
-    .await;
-    service.wait_for_health(ServingStatus::Serving).await;
-    service
+    Running::ready(application, order_service::startup::GRPC_SERVICE).await
 }
 
 impl TestApp {

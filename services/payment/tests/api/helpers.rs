@@ -3,7 +3,6 @@
 
 use lapin::{Connection, Consumer};
 use messaging::{Envelope, Topology};
-use payment_service::Application;
 use proto::{
     order::v1::OrderCreated,
     payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
@@ -12,7 +11,6 @@ use proto::{
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
-use tonic_health::pb::health_check_response::ServingStatus;
 use uuid::Uuid;
 
 /// A running payment service and what a test needs around it.
@@ -29,16 +27,10 @@ pub struct TestApp {
 pub async fn spawn_app() -> TestApp {
     let sandbox = Sandbox::new();
     let settings = sandbox.settings("payment-service", "payments", &test_support::broker_url());
-    let application = Application::build(&settings)
+    let application = payment_service::build(&settings)
         .await
         .expect("the service starts");
-    let service = Running::start(
-        application.local_addr(),
-        "payment.v1.PaymentService",
-        |shutdown| application.run_until_stopped(shutdown),
-    )
-    .await;
-    service.wait_for_health(ServingStatus::Serving).await;
+    let service = Running::ready(application, payment_service::startup::GRPC_SERVICE).await;
     TestApp {
         client: PaymentServiceClient::new(service.channel.clone()),
         db: sandbox.pool("payments").await,

@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use user_service::Application;
 
 /// A running user service and what a test needs around it.
 pub struct TestApp {
@@ -39,15 +38,10 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with_broker(amqp_url: &str) -> TestApp {
     let sandbox = Sandbox::new();
     let settings = sandbox.settings("user-service", "users", amqp_url);
-    let application = Application::build(&settings)
+    let application = user_service::build(&settings)
         .await
         .expect("the service starts");
-    let service = Running::start(
-        application.local_addr(),
-        "user.v1.UserService",
-        |shutdown| application.run_until_stopped(shutdown),
-    )
-    .await;
+    let service = Running::start(application, user_service::startup::GRPC_SERVICE).await;
     TestApp {
         client: UserServiceClient::new(service.channel.clone()),
         channel: service.channel.clone(),
