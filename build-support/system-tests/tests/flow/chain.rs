@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lapin::{message::Delivery, types::AMQPValue};
 use proto::{order::v1::OrderStatus, payment::v1::PaymentStatus, user::v1::CreateUserRequest};
-use test_support::{eventually, eventually_some, next_delivery};
+use test_support::{eventually_some, next_delivery};
 
 use crate::helpers::{Stack, spawn_stack};
 
@@ -130,23 +130,11 @@ async fn two_hundred_users_at_once_give_two_hundred_orders_and_payments_exactly_
     const USERS: i64 = 200;
 
     // Act
-    let calls = (0..USERS).map(|i| {
-        let stack = &stack;
-        async move { stack.create_user(&format!("user{i}@example.com")).await }
-    });
-    let users = futures_util::future::join_all(calls).await;
+    let users = stack.create_users_at_once(USERS).await;
     assert_eq!(users.len() as i64, USERS);
 
     // Assert
-    eventually(|| async {
-        Stack::count(
-            &stack.order_db,
-            "select count(*) from orders where status = 'paid'",
-        )
-        .await
-            == USERS
-    })
-    .await;
+    stack.wait_for_paid_orders(USERS).await;
     assert_eq!(
         Stack::count(&stack.order_db, "select count(*) from orders").await,
         USERS

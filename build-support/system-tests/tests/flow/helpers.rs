@@ -105,6 +105,29 @@ impl Stack {
             .expect("a user")
     }
 
+    /// Creates `count` users concurrently, `user<i>@example.com`.
+    pub async fn create_users_at_once(&self, count: i64) -> Vec<User> {
+        let calls = (0..count).map(|i| self.create_user_numbered(i));
+        futures_util::future::join_all(calls).await
+    }
+
+    async fn create_user_numbered(&self, i: i64) -> User {
+        self.create_user(&format!("user{i}@example.com")).await
+    }
+
+    /// Waits until `count` orders are paid.
+    pub async fn wait_for_paid_orders(&self, count: i64) {
+        test_support::eventually(|| async {
+            Self::count(
+                &self.order_db,
+                "select count(*) from orders where status = 'paid'",
+            )
+            .await
+                == count
+        })
+        .await;
+    }
+
     /// The user's orders, through ListOrders.
     pub async fn orders_of(&self, user_id: &str) -> Vec<Order> {
         self.orders

@@ -15,22 +15,10 @@ async fn two_order_service_instances_on_the_same_queues_still_do_everything_once
     const USERS: i64 = 100;
 
     // Act
-    let calls = (0..USERS).map(|i| {
-        let stack = &stack;
-        async move { stack.create_user(&format!("user{i}@example.com")).await }
-    });
-    futures_util::future::join_all(calls).await;
+    stack.create_users_at_once(USERS).await;
 
     // Assert
-    eventually(|| async {
-        Stack::count(
-            &stack.order_db,
-            "select count(*) from orders where status = 'paid'",
-        )
-        .await
-            == USERS
-    })
-    .await;
+    stack.wait_for_paid_orders(USERS).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         Stack::count(&stack.order_db, "select count(*) from orders").await,
@@ -69,15 +57,7 @@ async fn users_created_while_the_payment_service_is_down_are_all_paid_once_it_st
     stack.start_payment_service().await;
 
     // Assert
-    eventually(|| async {
-        Stack::count(
-            &stack.order_db,
-            "select count(*) from orders where status = 'paid'",
-        )
-        .await
-            == USERS
-    })
-    .await;
+    stack.wait_for_paid_orders(USERS).await;
     assert_eq!(
         Stack::count(&stack.payment_db, "select count(*) from payments").await,
         USERS
