@@ -4,12 +4,18 @@
 //! when it cannot be), then applied in one database transaction that also records it in the
 //! inbox and holds the outbox rows of the events it causes. The delivery is acked only after
 //! that transaction committed; a duplicate finds its inbox row and is acked without effect.
+//!
+//! Failures are classified: a transient one is retried through the broker's delayed retry
+//! queues (see [`crate::retry`]) a bounded number of times; a permanent one goes to the
+//! dead-letter queue at once, with headers saying why. While a dependency is unavailable (the
+//! gate is closed, e.g. the database is down), the consumer stops consuming instead of burning
+//! through attempts, and resumes when the gate opens.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
-    Channel, Connection,
+    Channel,
     message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
@@ -18,23 +24,26 @@ use lapin::{
 };
 use proto::Event;
 use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    connection::Bus,
-    db_errors,
+    connection::{Bus, Connected},
+    db_errors::{self, DbErrorClass},
     envelope::{CAUSATION_ID_HEADER, EventContext, TRACEPARENT_HEADER},
     inbox,
+    publisher::Publisher,
+    retry::{self, Failure, FailureKind, RetryPolicy},
     topology::Subscription,
     trace_context::TraceParent,
 };
 
 /// Largest payload a consumer accepts; anything bigger is dead-lettered undecoded.
 pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
-/// Pause before a transiently failed message goes back to the queue, so a lost database does not
-/// turn into a hot loop.
-const TRANSIENT_PAUSE: Duration = Duration::from_secs(1);
+/// Pause before a message goes back to the queue because a dependency is unavailable, so a lost
+/// database does not turn into a hot loop before the gate closes.
+const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(1);
 
 /// A decoded event and the metadata it travelled with.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,20 +74,26 @@ impl<E> Incoming<E> {
 /// Why a handler did not apply an event.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    /// Worth retrying: a dependency is down or asked to retry.
+    /// A dependency the service cannot work without is down (the database): the message goes
+    /// back to the queue without counting an attempt, and consuming pauses until it is back.
+    #[error("dependency unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// Worth retrying later (a gateway timeout, a serialization conflict): retried with
+    /// back-off, a bounded number of times.
     #[error("transient failure: {0:#}")]
     Transient(anyhow::Error),
-    /// Retrying cannot help: the message goes to the dead-letter queue.
+    /// Retrying cannot help (a violated invariant, a permanent gateway failure): the message goes
+    /// to the dead-letter queue.
     #[error("permanent failure: {0:#}")]
     Permanent(anyhow::Error),
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
-        if db_errors::is_transient(&error) {
-            Self::Transient(error.into())
-        } else {
-            Self::Permanent(error.into())
+        match db_errors::classify(&error) {
+            DbErrorClass::Unavailable => Self::Unavailable(error.into()),
+            DbErrorClass::Retry => Self::Transient(error.into()),
+            DbErrorClass::Permanent => Self::Permanent(error.into()),
         }
     }
 }
@@ -176,6 +191,14 @@ enum Outcome {
     Duplicate,
 }
 
+/// How a consuming session on one channel ended.
+enum Session {
+    /// Asked to stop.
+    Stopped,
+    /// The gate closed: wait until it opens.
+    Paused,
+}
+
 /// Consumes one queue with a handler, following the bus through reconnects.
 #[derive(Debug)]
 pub struct EventConsumer<H> {
@@ -186,6 +209,8 @@ pub struct EventConsumer<H> {
     handler: Arc<H>,
     prefetch: u16,
     workers: usize,
+    retry: RetryPolicy,
+    gate: watch::Receiver<bool>,
 }
 
 impl<H: Handler> EventConsumer<H> {
@@ -205,6 +230,8 @@ impl<H: Handler> EventConsumer<H> {
             handler: Arc::new(handler),
             prefetch: 16,
             workers: 4,
+            retry: RetryPolicy::default(),
+            gate: watch::channel(true).1,
         }
     }
 
@@ -217,6 +244,18 @@ impl<H: Handler> EventConsumer<H> {
     /// Workers, each with its own channel, handling deliveries in parallel.
     pub fn with_workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
+        self
+    }
+
+    /// The back-off delays of retries after transient failures.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Consume only while `gate` is `true` (e.g. while the database is reachable).
+    pub fn with_gate(mut self, gate: watch::Receiver<bool>) -> Self {
+        self.gate = gate;
         self
     }
 
@@ -239,11 +278,18 @@ impl<H: Handler> EventConsumer<H> {
 
     async fn work(&self, worker: usize, stop: CancellationToken) {
         let mut bus = self.bus.watch();
+        let mut gate = self.gate.clone();
         loop {
             let connected = bus.borrow_and_update().clone();
-            if let Some(connected) = connected {
-                match self.consume(&connected.connection, &stop).await {
-                    Ok(()) => return,
+            let open = *gate.borrow_and_update();
+            if let (Some(connected), true) = (connected, open) {
+                match self.consume(&connected, &mut gate, &stop).await {
+                    Ok(Session::Stopped) => return,
+                    Ok(Session::Paused) => tracing::warn!(
+                        consumer = self.name,
+                        worker,
+                        "a dependency is unavailable; consuming paused"
+                    ),
                     Err(error) => tracing::warn!(
                         consumer = self.name,
                         worker,
@@ -255,22 +301,25 @@ impl<H: Handler> EventConsumer<H> {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 changed = bus.changed() => if changed.is_err() { return },
-                _ = tokio::time::sleep(TRANSIENT_PAUSE) => {}
+                changed = gate.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(UNAVAILABLE_PAUSE) => {}
             }
         }
     }
 
-    /// Consumes on a fresh channel until `stop` (`Ok`) or the channel fails (`Err`).
+    /// Consumes on a fresh channel until `stop`, the gate closing, or the channel failing.
     async fn consume(
         &self,
-        connection: &Connection,
+        connected: &Connected,
+        gate: &mut watch::Receiver<bool>,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        let channel = connection.create_channel().await?;
+    ) -> anyhow::Result<Session> {
+        let channel = connected.connection.create_channel().await?;
+        let queue = self.bus.topology().queue(&self.subscription);
+        self.retry.declare(&channel, &queue).await?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
-        let queue = self.bus.topology().queue(&self.subscription);
         let mut deliveries = channel
             .basic_consume(
                 queue.into(),
@@ -279,33 +328,47 @@ impl<H: Handler> EventConsumer<H> {
                 FieldTable::default(),
             )
             .await?;
-        loop {
+        let session = loop {
             let next = tokio::select! {
                 biased;
-                _ = stop.cancelled() => {
-                    close(&channel).await;
-                    return Ok(());
+                _ = stop.cancelled() => break Session::Stopped,
+                changed = gate.changed() => {
+                    if changed.is_err() || !*gate.borrow_and_update() {
+                        break Session::Paused;
+                    }
+                    continue;
                 }
                 next = deliveries.next() => next,
             };
             match next {
-                Some(Ok(delivery)) => self.process(delivery).await,
+                Some(Ok(delivery)) => self.process(delivery, &connected.publisher).await,
                 Some(Err(error)) => return Err(error.into()),
                 None => anyhow::bail!("the broker cancelled the consumer"),
             }
-        }
+        };
+        // Closing the channel hands the unacked prefetch back to the queue.
+        close(&channel).await;
+        Ok(session)
     }
 
     #[tracing::instrument(
         skip_all,
         fields(consumer = self.name, message_id, correlation_id, redelivered = delivery.redelivered)
     )]
-    async fn process(&self, delivery: Delivery) {
+    async fn process(&self, delivery: Delivery, publisher: &Publisher) {
+        let attempts = retry::attempts(&delivery);
         let message = match decode::<H::Event>(&delivery) {
             Ok(message) => message,
             Err(error) => {
                 tracing::warn!(%error, "undecodable message; dead-lettering it");
-                settle(reject(&delivery)).await;
+                self.dead_letter(
+                    &delivery,
+                    publisher,
+                    FailureKind::Undecodable,
+                    attempts,
+                    &error,
+                )
+                .await;
                 return;
             }
         };
@@ -324,14 +387,51 @@ impl<H: Handler> EventConsumer<H> {
                     error = format!("{error:#}"),
                     "cannot apply message; dead-lettering it"
                 );
-                settle(reject(&delivery)).await;
+                self.dead_letter(
+                    &delivery,
+                    publisher,
+                    FailureKind::Permanent,
+                    attempts + 1,
+                    &error,
+                )
+                .await;
             }
             Err(HandlerError::Transient(error)) => {
+                let attempt = attempts + 1;
+                match self.retry.delay(attempt) {
+                    Some(delay) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            attempt,
+                            ?delay,
+                            "transient failure; retrying later"
+                        );
+                        self.retry_later(&delivery, publisher, attempt, delay, &error)
+                            .await;
+                    }
+                    None => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            attempt,
+                            "transient failure, out of retries; dead-lettering it"
+                        );
+                        self.dead_letter(
+                            &delivery,
+                            publisher,
+                            FailureKind::RetriesExhausted,
+                            attempt,
+                            &error,
+                        )
+                        .await;
+                    }
+                }
+            }
+            Err(HandlerError::Unavailable(error)) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
-                    "transient failure; requeueing"
+                    "dependency unavailable; requeueing"
                 );
-                tokio::time::sleep(TRANSIENT_PAUSE).await;
+                tokio::time::sleep(UNAVAILABLE_PAUSE).await;
                 settle(requeue(&delivery)).await;
             }
         }
@@ -347,8 +447,72 @@ impl<H: Handler> EventConsumer<H> {
         tx.commit().await?;
         Ok(Outcome::Applied)
     }
-}
 
+    /// Re-publishes to the retry queue for `delay`, then acks; requeues if that fails.
+    async fn retry_later(
+        &self,
+        delivery: &Delivery,
+        publisher: &Publisher,
+        attempt: u32,
+        delay: Duration,
+        error: &(dyn std::fmt::Display + Sync),
+    ) {
+        let failure = Failure {
+            consumer: self.name,
+            attempts: attempt,
+            kind: None,
+            message: error.to_string(),
+            at: chrono::Utc::now(),
+        };
+        let queue = RetryPolicy::retry_queue(&self.bus.topology().queue(&self.subscription), delay);
+        match publisher
+            .forward("", &queue, &delivery.data, failure.annotate(delivery))
+            .await
+        {
+            Ok(()) => settle(ack(delivery)).await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot schedule the retry; requeueing");
+                tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+                settle(requeue(delivery)).await;
+            }
+        }
+    }
+
+    /// Re-publishes to the dead-letter queue with the failure headers, then acks. If that fails,
+    /// rejects it, which the queue dead-letters without the headers: never back to the queue.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        publisher: &Publisher,
+        kind: FailureKind,
+        attempts: u32,
+        error: &(dyn std::fmt::Display + Sync),
+    ) {
+        let failure = Failure {
+            consumer: self.name,
+            attempts,
+            kind: Some(kind),
+            message: error.to_string(),
+            at: chrono::Utc::now(),
+        };
+        let topology = self.bus.topology();
+        match publisher
+            .forward(
+                &topology.dead_letter_exchange(),
+                &topology.queue(&self.subscription),
+                &delivery.data,
+                failure.annotate(delivery),
+            )
+            .await
+        {
+            Ok(()) => settle(ack(delivery)).await,
+            Err(error) => {
+                tracing::warn!(%error, "cannot annotate the dead letter; rejecting it instead");
+                settle(reject(delivery)).await;
+            }
+        }
+    }
+}
 async fn ack(delivery: &Delivery) -> Result<bool, lapin::Error> {
     delivery.ack(BasicAckOptions::default()).await
 }

@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod inbox;
 pub mod outbox;
 pub mod publisher;
+pub mod retry;
 pub mod topology;
 pub mod trace_context;
 
@@ -24,6 +25,7 @@ pub use consumer::{EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};
 pub use outbox::OutboxRelay;
 pub use publisher::{PublishError, Publisher};
+pub use retry::RetryPolicy;
 pub use topology::{Namespace, Topology};
 pub use trace_context::TraceParent;
 

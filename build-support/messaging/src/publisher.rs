@@ -61,6 +61,35 @@ impl Publisher {
         self.channel.status().connected()
     }
 
+    /// Re-publishes a message as it is (payload and properties) to any exchange, `""` being the
+    /// default exchange that routes by queue name, and waits for its confirm. For retries, dead
+    /// letters and replays.
+    pub async fn forward(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: lapin::BasicProperties,
+    ) -> Result<(), PublishError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                payload,
+                properties,
+            )
+            .await?;
+        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+            Ok(confirmation) => check(confirmation?, routing_key),
+            Err(_) => Err(PublishError::ConfirmTimeout(CONFIRM_TIMEOUT)),
+        }
+    }
+
     /// Publishes one event and waits for its confirm.
     pub async fn publish(&self, envelope: &Envelope) -> Result<(), PublishError> {
         self.publish_batch(std::slice::from_ref(envelope))
@@ -90,7 +119,7 @@ impl Publisher {
                 .await;
             pending.push(async move {
                 let confirmation = sent?.await?;
-                check(confirmation, envelope)
+                check(confirmation, &envelope.routing_key)
             });
         }
         match tokio::time::timeout(CONFIRM_TIMEOUT, join_all(pending)).await {
@@ -103,11 +132,11 @@ impl Publisher {
     }
 }
 
-fn check(confirmation: Confirmation, envelope: &Envelope) -> Result<(), PublishError> {
+fn check(confirmation: Confirmation, routing_key: &str) -> Result<(), PublishError> {
     match confirmation {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Err(PublishError::Unroutable {
-            routing_key: envelope.routing_key.clone(),
+            routing_key: routing_key.to_owned(),
         }),
         Confirmation::Nack(None) => Err(PublishError::Nacked),
         // The channel is always in confirm mode; an unconfirmed publish is not a delivery.

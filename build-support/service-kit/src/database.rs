@@ -77,6 +77,43 @@ pub async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::R
     Ok(())
 }
 
+/// How often the database is checked, and how long a check may take.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Checks the database every second until `stop`; the receiver says whether the last check
+/// answered. Consumers pause while it is `false`, and health reports NOT_SERVING.
+pub fn watch_health(
+    pool: PgPool,
+    stop: tokio_util::sync::CancellationToken,
+) -> (
+    tokio::sync::watch::Receiver<bool>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (sender, receiver) = tokio::sync::watch::channel(true);
+    let task = async move {
+        let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let check = sqlx::query("select 1").execute(&pool);
+            let up = matches!(tokio::time::timeout(HEALTH_TIMEOUT, check).await, Ok(Ok(_)));
+            let was_up = sender.send_replace(up);
+            if was_up != up {
+                if up {
+                    tracing::info!("the database is reachable again");
+                } else {
+                    tracing::warn!("the database is unreachable");
+                }
+            }
+        }
+    };
+    (receiver, task)
+}
+
 /// Quotes a Postgres identifier.
 pub fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

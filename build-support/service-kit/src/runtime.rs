@@ -8,7 +8,10 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use messaging::{Bus, BusSettings, Connected, OutboxRelay};
+use messaging::{
+    Bus, BusSettings, Connected, EventConsumer, Handler, OutboxRelay, RetryPolicy,
+    topology::Subscription,
+};
 use secrecy::ExposeSecret;
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::{net::TcpListener, sync::watch};
@@ -31,6 +34,9 @@ pub struct ServiceRuntime {
     pub pool: PgPool,
     /// The supervised broker connection.
     pub bus: Bus,
+    /// Whether the database answers.
+    database_up: watch::Receiver<bool>,
+    retry: RetryPolicy,
     listener: TcpListener,
     health: HealthReporter,
     routes: Routes,
@@ -66,6 +72,8 @@ impl ServiceRuntime {
         let workers = TaskTracker::new();
         let stop = CancellationToken::new();
         workers.spawn(OutboxRelay::new(pool.clone(), bus.clone()).run(stop.clone()));
+        let (database_up, database_watch) = database::watch_health(pool.clone(), stop.clone());
+        workers.spawn(database_watch);
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", grpc_service] {
@@ -75,6 +83,7 @@ impl ServiceRuntime {
         }
         workers.spawn(report_readiness(
             bus.watch(),
+            database_up.clone(),
             health.clone(),
             grpc_service,
             stop.clone(),
@@ -100,6 +109,8 @@ impl ServiceRuntime {
         Ok(Self {
             pool,
             bus,
+            database_up,
+            retry: settings.retry.clone(),
             listener,
             health,
             routes,
@@ -122,6 +133,26 @@ impl ServiceRuntime {
         F: Future<Output = ()> + Send + 'static,
     {
         self.workers.spawn(task(self.stop.clone()));
+    }
+
+    /// Consumes `subscription`'s queue with `handler` as consumer `name` (its inbox key), with
+    /// the configured retries, pausing while the database is unreachable.
+    pub fn spawn_consumer<H: Handler>(
+        &self,
+        name: &'static str,
+        subscription: Subscription,
+        handler: H,
+    ) {
+        let consumer = EventConsumer::new(
+            name,
+            subscription,
+            self.pool.clone(),
+            self.bus.clone(),
+            handler,
+        )
+        .with_retry(self.retry.clone())
+        .with_gate(self.database_up.clone());
+        self.spawn_worker(|stop| consumer.run(stop));
     }
 
     /// The application serving the service's own API, which `add_services` adds beside health
@@ -147,6 +178,8 @@ impl ServiceRuntime {
         let Self {
             pool,
             bus: _,
+            database_up: _,
+            retry: _,
             listener,
             health,
             routes,
@@ -247,16 +280,19 @@ impl Application {
     }
 }
 
-/// Health follows the broker connection: SERVING while the topology is declared and the
-/// publisher is up (the database was migrated before this runs), NOT_SERVING otherwise.
+/// Health follows the dependencies: SERVING while the broker topology is declared and the
+/// publisher is up and the database answers (it was migrated before this runs), NOT_SERVING
+/// otherwise.
 async fn report_readiness(
     mut bus: watch::Receiver<Option<Connected>>,
+    mut database_up: watch::Receiver<bool>,
     health: HealthReporter,
     grpc_service: &'static str,
     stop: CancellationToken,
 ) {
     loop {
-        let status = if bus.borrow_and_update().is_some() {
+        let ready = bus.borrow_and_update().is_some() && *database_up.borrow_and_update();
+        let status = if ready {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -267,6 +303,7 @@ async fn report_readiness(
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = bus.changed() => if changed.is_err() { return },
+            changed = database_up.changed() => if changed.is_err() { return },
         }
     }
 }

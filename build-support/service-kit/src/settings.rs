@@ -6,7 +6,7 @@
 use std::{convert::Infallible, net::SocketAddr};
 
 use anyhow::Context;
-use messaging::{Namespace, Topology};
+use messaging::{Namespace, RetryPolicy, Topology, retry::DEFAULT_RETRY_DELAYS};
 use secrecy::SecretString;
 
 /// The broker every service uses unless told otherwise.
@@ -47,6 +47,10 @@ pub struct CommonArgs {
     /// Prefix for every exchange and queue name, so several stacks can share one broker.
     #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
     pub bus_namespace: String,
+    /// Back-off delays of the retries after a transient failure, e.g. `1s,5s,30s,2m`; their
+    /// number bounds the attempts before a message is dead-lettered.
+    #[arg(long, env = "RETRY_DELAYS", default_value = DEFAULT_RETRY_DELAYS)]
+    pub retry_delays: String,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
@@ -67,6 +71,7 @@ pub struct Settings {
     pub amqp_url: SecretString,
     pub grpc_addr: SocketAddr,
     pub topology: Topology,
+    pub retry: RetryPolicy,
     pub rust_log: String,
     pub log_format: LogFormat,
 }
@@ -88,6 +93,7 @@ impl CommonArgs {
                 .grpc_addr
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.grpc_port))),
             topology: Topology::new(namespace),
+            retry: RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?,
             rust_log: self.rust_log,
             log_format: self.log_format,
         })
@@ -140,6 +146,20 @@ mod tests {
         .expect("valid flags");
         assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:0");
         assert_eq!(settings.topology.exchange(), "ci.events_exchange");
+    }
+
+    #[test]
+    fn retry_delays_are_configurable_and_validated() {
+        let settings = Cli::parse_from(["user-service", "--retry-delays", "100ms,1s"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("valid delays");
+        assert_eq!(settings.retry.delays().len(), 2);
+        let error = Cli::parse_from(["user-service", "--retry-delays", "soon"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("invalid delays");
+        assert!(format!("{error:#}").contains("RETRY_DELAYS"));
     }
 
     #[test]

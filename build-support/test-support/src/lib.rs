@@ -16,10 +16,13 @@ use futures_util::StreamExt;
 use lapin::{
     Connection, ConnectionProperties, Consumer,
     message::Delivery,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{
+        BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::FieldTable,
 };
-use messaging::{Namespace, Topology};
+use messaging::{Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
 use service_kit::{Settings, settings::LogFormat};
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -28,6 +31,9 @@ use uuid::Uuid;
 
 /// How long a test waits for something that should happen.
 pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Retry back-off in tests: short, so retries and exhaustion happen within a test.
+pub const TEST_RETRY_DELAYS: &str = "100ms,200ms,400ms";
 
 /// The shared Postgres server, without a database.
 pub fn postgres_server() -> String {
@@ -82,6 +88,7 @@ impl Sandbox {
             amqp_url: SecretString::from(amqp_url.to_owned()),
             grpc_addr: "127.0.0.1:0".parse().expect("a valid address"),
             topology: self.topology.clone(),
+            retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
             rust_log: "info".into(),
             log_format: LogFormat::Text,
         }
@@ -128,6 +135,16 @@ impl Drop for Sandbox {
                     Connection::connect(&broker_url(), ConnectionProperties::default()).await
                     && let Ok(channel) = amqp.create_channel().await
                 {
+                    let retry = RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays");
+                    for subscription in messaging::topology::SUBSCRIPTIONS {
+                        for delay in retry.delays() {
+                            let queue =
+                                RetryPolicy::retry_queue(&topology.queue(subscription), *delay);
+                            let _ = channel
+                                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                                .await;
+                        }
+                    }
                     let _ = topology.delete(&channel).await;
                 }
             });

@@ -2,10 +2,7 @@
 
 use std::sync::Arc;
 
-use messaging::{
-    EventConsumer,
-    topology::{ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED},
-};
+use messaging::topology::{ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED};
 use proto::order::v1::order_service_server::OrderServiceServer;
 use service_kit::{Application, ServiceRuntime, Settings};
 
@@ -24,23 +21,16 @@ const CONSUMER: &str = "order_service";
 /// listener.
 pub async fn build(settings: &Settings, prices: PriceList) -> anyhow::Result<Application> {
     let runtime = ServiceRuntime::start(settings, sqlx::migrate!(), GRPC_SERVICE).await?;
-    let (pool, bus) = (runtime.pool.clone(), runtime.bus.clone());
-    let user_created = EventConsumer::new(
+    runtime.spawn_consumer(
         CONSUMER,
         ORDER_SERVICE_USER_CREATED,
-        pool.clone(),
-        bus.clone(),
         UserCreatedHandler::new(Arc::new(prices)),
     );
-    let payment_processed = EventConsumer::new(
+    runtime.spawn_consumer(
         CONSUMER,
         ORDER_SERVICE_PAYMENT_PROCESSED,
-        pool.clone(),
-        bus,
         PaymentProcessedHandler,
     );
-    runtime.spawn_worker(|stop| user_created.run(stop));
-    runtime.spawn_worker(|stop| payment_processed.run(stop));
-    let api = OrderApi::new(pool);
+    let api = OrderApi::new(runtime.pool.clone());
     Ok(runtime.into_application(move |routes| routes.add_service(OrderServiceServer::new(api)))?)
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use messaging::{EventConsumer, topology::PAYMENT_SERVICE_ORDER_CREATED};
+use messaging::topology::PAYMENT_SERVICE_ORDER_CREATED;
 use proto::payment::v1::payment_service_server::PaymentServiceServer;
 use service_kit::{Application, ServiceRuntime, Settings};
 
@@ -29,14 +29,11 @@ pub async fn build_with_gateway(
     gateway: impl PaymentGateway,
 ) -> anyhow::Result<Application> {
     let runtime = ServiceRuntime::start(settings, sqlx::migrate!(), GRPC_SERVICE).await?;
-    let consumer = EventConsumer::new(
+    runtime.spawn_consumer(
         CONSUMER,
         PAYMENT_SERVICE_ORDER_CREATED,
-        runtime.pool.clone(),
-        runtime.bus.clone(),
         OrderCreatedHandler::new(Arc::new(gateway)),
     );
-    runtime.spawn_worker(|stop| consumer.run(stop));
     let api = PaymentApi::new(runtime.pool.clone());
     Ok(runtime
         .into_application(move |routes| routes.add_service(PaymentServiceServer::new(api)))?)

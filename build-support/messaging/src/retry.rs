@@ -1,0 +1,292 @@
+//! Broker-durable retry and dead letters.
+//!
+//! A transiently failed message is re-published, with its attempt count in a header, to a retry
+//! queue whose TTL is the back-off delay and which dead-letters back into the work queue, so the
+//! wait survives a restart of the consumer. Past the last delay, and at once for a permanent
+//! failure or an undecodable message, it is re-published to the queue's dead-letter queue with
+//! headers saying what failed, where, when and how often.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    BasicProperties, Channel,
+    message::Delivery,
+    options::QueueDeclareOptions,
+    types::{AMQPValue, FieldTable, LongString},
+};
+
+/// Attempts so far (the first failure makes 1).
+pub const ATTEMPTS_HEADER: &str = "attempts";
+/// `undecodable`, `permanent` or `retries_exhausted`.
+pub const FAILURE_KIND_HEADER: &str = "failure_kind";
+/// The last error, as text.
+pub const FAILURE_MESSAGE_HEADER: &str = "failure_message";
+/// RFC 3339 time of the first failure.
+pub const FIRST_FAILURE_HEADER: &str = "first_failure_time";
+/// RFC 3339 time of the last failure.
+pub const LAST_FAILURE_HEADER: &str = "last_failure_time";
+/// The consumer that failed, e.g. `payment_service`.
+pub const CONSUMER_HEADER: &str = "failed_consumer";
+/// The exchange the message was first published to.
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "original_exchange";
+/// The routing key the message was first published with.
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "original_routing_key";
+/// Longest failure message kept in a header.
+const MAX_FAILURE_MESSAGE: usize = 1024;
+
+/// Why a message ended in a dead-letter queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    Undecodable,
+    Permanent,
+    RetriesExhausted,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::Permanent => "permanent",
+            Self::RetriesExhausted => "retries_exhausted",
+        }
+    }
+}
+
+/// An invalid `RETRY_DELAYS`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "retry delays {0:?} are invalid: give one or more of e.g. 500ms, 5s, 2m, 1h, comma-separated"
+)]
+pub struct InvalidRetryDelays(String);
+
+/// The back-off delays of successive retries; their number bounds the attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    delays: Vec<Duration>,
+}
+
+/// The delays of SPEC §4's example: 1 s, 5 s, 30 s, 2 min.
+pub const DEFAULT_RETRY_DELAYS: &str = "1s,5s,30s,2m";
+
+impl RetryPolicy {
+    /// Parses `1s,5s,30s,2m` (units ms, s, m, h).
+    pub fn parse(raw: &str) -> Result<Self, InvalidRetryDelays> {
+        let invalid = || InvalidRetryDelays(raw.to_owned());
+        let delays = raw
+            .split(',')
+            .map(|part| parse_duration(part.trim()).ok_or_else(invalid))
+            .collect::<Result<Vec<_>, _>>()?;
+        if delays.is_empty() || delays.iter().any(Duration::is_zero) {
+            return Err(invalid());
+        }
+        Ok(Self { delays })
+    }
+
+    /// The delays, in order.
+    pub fn delays(&self) -> &[Duration] {
+        &self.delays
+    }
+
+    /// The delay before retry number `attempt` (1-based), or `None` past the last.
+    pub fn delay(&self, attempt: u32) -> Option<Duration> {
+        let index = usize::try_from(attempt).ok()?.checked_sub(1)?;
+        self.delays.get(index).copied()
+    }
+
+    /// The name of `queue`'s retry queue for `delay`.
+    pub fn retry_queue(queue: &str, delay: Duration) -> String {
+        format!("{queue}.retry.{}ms", delay.as_millis())
+    }
+
+    /// Declares `queue`'s retry queues: each holds messages for its delay, then dead-letters them
+    /// back into `queue` through the default exchange. Idempotent.
+    pub async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+        for delay in &self.delays {
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            );
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(LongString::from("")),
+            );
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(LongString::from(queue)),
+            );
+            channel
+                .queue_declare(
+                    Self::retry_queue(queue, *delay).into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    arguments,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::parse(DEFAULT_RETRY_DELAYS).expect("the default delays are valid")
+    }
+}
+
+fn parse_duration(raw: &str) -> Option<Duration> {
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
+        "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+        _ => None,
+    }
+}
+
+/// The attempts a delivery has had so far, from its header.
+pub fn attempts(delivery: &Delivery) -> u32 {
+    header(&delivery.properties, ATTEMPTS_HEADER)
+        .and_then(integer)
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(0)
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties.headers().as_ref()?.inner().get(name)
+}
+
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+/// A text header of `properties`, if present.
+pub fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
+    header(properties, name).and_then(text)
+}
+
+/// An integer header of `properties`, if present.
+pub fn integer_header(properties: &BasicProperties, name: &str) -> Option<i64> {
+    header(properties, name).and_then(integer)
+}
+
+/// What a failure adds to a message's properties before it is re-published to a retry queue
+/// (`kind` is `None`) or to a dead-letter queue.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    pub consumer: &'a str,
+    pub attempts: u32,
+    pub kind: Option<FailureKind>,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Failure<'_> {
+    /// The delivery's properties with the failure headers set. The original exchange and routing
+    /// key, and the first failure time, are kept from an earlier failure when there was one.
+    pub fn annotate(&self, delivery: &Delivery) -> BasicProperties {
+        let properties = &delivery.properties;
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        let mut set = |name: &str, value: AMQPValue| {
+            headers.insert(name.into(), value);
+        };
+        let long = |s: &str| AMQPValue::LongString(LongString::from(s));
+        let now = self.at.to_rfc3339();
+        if header(properties, ORIGINAL_EXCHANGE_HEADER).is_none() {
+            set(ORIGINAL_EXCHANGE_HEADER, long(delivery.exchange.as_str()));
+            set(
+                ORIGINAL_ROUTING_KEY_HEADER,
+                long(delivery.routing_key.as_str()),
+            );
+        }
+        if header(properties, FIRST_FAILURE_HEADER).is_none() {
+            set(FIRST_FAILURE_HEADER, long(&now));
+        }
+        set(LAST_FAILURE_HEADER, long(&now));
+        set(
+            ATTEMPTS_HEADER,
+            AMQPValue::LongLongInt(i64::from(self.attempts)),
+        );
+        set(CONSUMER_HEADER, long(self.consumer));
+        let mut message = self.message.clone();
+        if message.len() > MAX_FAILURE_MESSAGE {
+            let mut end = MAX_FAILURE_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        set(FAILURE_MESSAGE_HEADER, long(&message));
+        if let Some(kind) = self.kind {
+            set(FAILURE_KIND_HEADER, long(kind.as_str()));
+        }
+        properties.clone().with_headers(headers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_parse_with_units() {
+        let policy = RetryPolicy::parse("500ms, 5s,2m,1h").expect("valid");
+        assert_eq!(
+            policy.delays(),
+            [
+                Duration::from_millis(500),
+                Duration::from_secs(5),
+                Duration::from_secs(120),
+                Duration::from_secs(3600)
+            ]
+        );
+        assert_eq!(RetryPolicy::default().delays().len(), 4);
+    }
+
+    #[test]
+    fn bad_delays_are_rejected() {
+        for raw in ["", "5", "5x", "0s", "1s,,2s", "-1s"] {
+            assert!(RetryPolicy::parse(raw).is_err(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn each_attempt_has_its_delay_and_the_last_one_ends_retrying() {
+        let policy = RetryPolicy::parse("1s,5s").expect("valid");
+        assert_eq!(policy.delay(0), None);
+        assert_eq!(policy.delay(1), Some(Duration::from_secs(1)));
+        assert_eq!(policy.delay(2), Some(Duration::from_secs(5)));
+        assert_eq!(policy.delay(3), None);
+    }
+
+    #[test]
+    fn retry_queues_are_named_by_queue_and_delay() {
+        assert_eq!(
+            RetryPolicy::retry_queue("ns.order_service.user_created", Duration::from_secs(5)),
+            "ns.order_service.user_created.retry.5000ms"
+        );
+    }
+}
