@@ -3,7 +3,7 @@
 
 use lapin::{
     BasicProperties, Connection,
-    options::{BasicPublishOptions, QueueDeclareOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
 use messaging::{Envelope, EventContext, Publisher, Topology, TraceParent};
@@ -50,6 +50,22 @@ pub fn new_context() -> EventContext {
         causation_id: id,
         traceparent: TraceParent::new_root(),
     }
+}
+
+/// Takes (gets and acks) the next message of `queue`, if there is one.
+pub async fn take_message(amqp: &Connection, queue: &str) -> Option<lapin::message::Delivery> {
+    let channel = amqp.create_channel().await.expect("a channel");
+    let message = channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")?;
+    message
+        .delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .expect("ack");
+    let _ = channel.close(200, "taken".into()).await;
+    Some(message.delivery)
 }
 
 /// Messages ready in `queue` now.

@@ -7,7 +7,7 @@
 mod broker;
 mod running;
 
-pub use broker::{dead_letters, new_context, publish, publish_raw, queue_depth};
+pub use broker::{dead_letters, new_context, publish, publish_raw, queue_depth, take_message};
 pub use running::Running;
 
 use std::{future::Future, time::Duration};

@@ -5,5 +5,6 @@
 #![allow(unreachable_pub)]
 
 mod chain;
+mod failures;
 mod helpers;
 mod resilience;

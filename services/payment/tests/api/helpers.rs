@@ -3,6 +3,7 @@
 
 use lapin::{Connection, Consumer};
 use messaging::{Envelope, Topology};
+use payment_service::gateway::{PaymentGateway, SimulatedGateway};
 use proto::{
     order::v1::OrderCreated,
     payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
@@ -25,9 +26,14 @@ pub struct TestApp {
 
 /// The payment service with the simulated gateway, ready before it returns.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_gateway(SimulatedGateway::default()).await
+}
+
+/// The payment service charging through `gateway`, ready before it returns.
+pub async fn spawn_app_with_gateway(gateway: impl PaymentGateway) -> TestApp {
     let sandbox = Sandbox::new();
     let settings = sandbox.settings("payment-service", "payments", &test_support::broker_url());
-    let application = payment_service::build(&settings)
+    let application = payment_service::startup::build_with_gateway(&settings, gateway)
         .await
         .expect("the service starts");
     let service = Running::ready(application, payment_service::startup::GRPC_SERVICE).await;

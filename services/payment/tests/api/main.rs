@@ -7,4 +7,5 @@
 
 mod api;
 mod consuming;
+mod failures;
 mod helpers;
