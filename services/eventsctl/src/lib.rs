@@ -1,0 +1,216 @@
+//! `eventsctl`, the operator CLI of the event bus.
+//!
+//! `eventsctl dlq list | show | replay | purge` inspects and repairs the dead-letter queues over
+//! plain AMQP (no management plugin needed). Reading a queue never loses a message: messages are
+//! fetched unacknowledged and go back to the queue when the channel closes, except those a
+//! replay re-published (with confirms) or a purge deleted.
+
+mod dlq;
+mod payload;
+
+use std::io::Write;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use lapin::{Connection, ConnectionProperties};
+use messaging::{Namespace, Topology, topology::SUBSCRIPTIONS};
+
+/// The broker eventsctl talks to unless told otherwise.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Operate the event bus.
+#[derive(Debug, Parser)]
+#[command(
+    name = "eventsctl",
+    version,
+    about = "Operate the event bus: inspect, replay and purge dead letters"
+)]
+pub struct Cli {
+    /// The RabbitMQ broker.
+    #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, global = true)]
+    pub amqp_url: String,
+    /// The stack's exchange and queue prefix, as the services were given it.
+    #[arg(long, env = "BUS_NAMESPACE", default_value = "", global = true)]
+    pub bus_namespace: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Dead-letter queues: what failed, and what to do about it.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Each dead-letter queue with its count and a summary by type and error.
+    List,
+    /// Dead letters with their payload decoded to JSON and their failure headers.
+    Show {
+        #[command(flatten)]
+        filter: Filter,
+        /// Show at most this many messages.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Send dead letters back to their original exchange and routing key. They keep their
+    /// message_id, so a consumer that did apply one already skips it.
+    Replay {
+        #[command(flatten)]
+        filter: Filter,
+        /// Say what would be replayed, and replay nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// At most this many messages per second.
+        #[arg(long, default_value_t = 50.0, value_parser = positive_rate)]
+        rate: f64,
+    },
+    /// Delete the dead letters of one or every dead-letter queue.
+    Purge {
+        /// Only this queue's dead letters, e.g. payment_service.order_created.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// Which dead letters a command applies to; every condition given must hold.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Filter {
+    /// Only this consumer queue's dead letters, e.g. payment_service.order_created.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Only these message ids (repeatable).
+    #[arg(long = "message-id")]
+    pub message_ids: Vec<String>,
+    /// Only this event type, e.g. order.v1.OrderCreated.
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only messages that last failed at or after this RFC 3339 time.
+    #[arg(long, value_parser = rfc3339)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only messages that last failed before this RFC 3339 time.
+    #[arg(long, value_parser = rfc3339)]
+    pub until: Option<DateTime<Utc>>,
+}
+
+fn rfc3339(raw: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|_| format!("{raw:?} is not an RFC 3339 time like 2026-11-28T10:00:00Z"))
+}
+
+fn positive_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{raw:?} is not a positive number of messages per second"
+        )),
+    }
+}
+
+/// Runs `cli`, writing what it reports to `out`.
+pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
+    let topology = Topology::new(Namespace::parse(&cli.bus_namespace)?);
+    let Command::Dlq(command) = cli.command;
+    let queue = match &command {
+        DlqCommand::Show { filter, .. } | DlqCommand::Replay { filter, .. } => {
+            filter.queue.as_deref()
+        }
+        DlqCommand::Purge { queue, .. } => queue.as_deref(),
+        DlqCommand::List => None,
+    };
+    let subscriptions = select_queues(queue)?;
+    let connection = connect(&cli.amqp_url).await?;
+    let dlq = dlq::DeadLetters::new(&connection, topology, subscriptions);
+    let outcome = match command {
+        DlqCommand::List => dlq.list(out).await,
+        DlqCommand::Show { filter, limit } => dlq.show(&filter, limit, out).await,
+        DlqCommand::Replay {
+            filter,
+            dry_run,
+            rate,
+        } => dlq.replay(&filter, dry_run, rate, out).await,
+        DlqCommand::Purge { yes, .. } => dlq.purge(yes, out).await,
+    };
+    let _ = connection.close(200, "done".into()).await;
+    outcome
+}
+
+fn select_queues(
+    queue: Option<&str>,
+) -> anyhow::Result<Vec<&'static messaging::topology::Subscription>> {
+    match queue {
+        None => Ok(SUBSCRIPTIONS.iter().collect()),
+        Some(name) => {
+            let name = name.trim_end_matches(messaging::topology::DLQ_SUFFIX);
+            SUBSCRIPTIONS
+                .iter()
+                .find(|s| s.queue == name)
+                .map(|s| vec![s])
+                .with_context(|| {
+                    let known: Vec<_> = SUBSCRIPTIONS.iter().map(|s| s.queue).collect();
+                    format!(
+                        "unknown queue {name:?}; the queues are {}",
+                        known.join(", ")
+                    )
+                })
+        }
+    }
+}
+
+async fn connect(url: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name("eventsctl".into());
+    Connection::connect(url, properties)
+        .await
+        .with_context(|| format!("cannot reach RabbitMQ at {}", redact(url)))
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_printed() {
+        assert_eq!(
+            redact("amqp://guest:secret@rabbit:5672/%2f"),
+            "amqp://guest:***@rabbit:5672/%2f"
+        );
+        assert_eq!(redact("amqp://rabbit:5672"), "amqp://rabbit:5672");
+    }
+
+    #[test]
+    fn queues_are_named_with_or_without_the_dlq_suffix() {
+        assert_eq!(select_queues(None).expect("all").len(), 3);
+        let one = select_queues(Some("payment_service.order_created.dlq")).expect("known");
+        assert_eq!(one[0].queue, "payment_service.order_created");
+        let error = select_queues(Some("nope")).expect_err("unknown");
+        assert!(error.to_string().contains("order_service.user_created"));
+    }
+
+    #[test]
+    fn rates_and_times_are_validated() {
+        assert!(positive_rate("0").is_err());
+        assert!(positive_rate("abc").is_err());
+        assert_eq!(positive_rate("2.5"), Ok(2.5));
+        assert!(rfc3339("yesterday").is_err());
+        assert!(rfc3339("2026-11-28T10:00:00Z").is_ok());
+    }
+}
