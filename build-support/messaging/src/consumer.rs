@@ -322,12 +322,13 @@ impl<H: Handler> EventConsumer<H> {
             .await?;
         let mut deliveries = channel
             .basic_consume(
-                queue.into(),
+                queue.as_str().into(),
                 "".into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await?;
+        tracing::debug!(consumer = self.name, %queue, prefetch = self.prefetch, "consuming");
         let session = loop {
             let next = tokio::select! {
                 biased;
@@ -356,6 +357,7 @@ impl<H: Handler> EventConsumer<H> {
         fields(consumer = self.name, message_id, correlation_id, redelivered = delivery.redelivered)
     )]
     async fn process(&self, delivery: Delivery, publisher: &Publisher) {
+        tracing::debug!(bytes = delivery.data.len(), "delivery received");
         let attempts = retry::attempts(&delivery);
         let message = match decode::<H::Event>(&delivery) {
             Ok(message) => message,
@@ -531,12 +533,14 @@ async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
         .await
 }
 
-/// A failed ack or nack means the channel is gone: the broker redelivers the message, and the
-/// inbox makes that harmless. `Ok(false)` means the delivery was already settled, a bug.
+/// A failed ack or nack means the channel is gone (lapin then reports the delivery as not
+/// settled): the broker redelivers the message, and the inbox makes that harmless.
 async fn settle(outcome: impl Future<Output = Result<bool, lapin::Error>>) {
     match outcome.await {
         Ok(true) => {}
-        Ok(false) => tracing::error!("the delivery was already settled"),
+        Ok(false) => tracing::warn!(
+            "the channel closed before the delivery was settled; the broker will redeliver it"
+        ),
         Err(error) => {
             tracing::warn!(%error, "could not settle the delivery; the broker will redeliver it")
         }

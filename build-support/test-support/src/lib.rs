@@ -5,9 +5,11 @@
 //! shared one.
 
 mod broker;
+mod private_servers;
 mod running;
 
 pub use broker::{dead_letters, new_context, publish, publish_raw, queue_depth, take_message};
+pub use private_servers::{PrivateBroker, PrivatePostgres};
 pub use running::Running;
 
 use std::{future::Future, time::Duration};
@@ -35,6 +37,13 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// Retry back-off in tests: short, so retries and exhaustion happen within a test.
 pub const TEST_RETRY_DELAYS: &str = "100ms,200ms,400ms";
 
+/// With `TEST_LOG` set (a `RUST_LOG`-style filter), the services' logs go to the test output.
+fn init_logs() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = service_kit::telemetry::init(&filter, LogFormat::Text);
+    }
+}
+
 /// The shared Postgres server, without a database.
 pub fn postgres_server() -> String {
     std::env::var("TEST_POSTGRES_URL")
@@ -53,17 +62,25 @@ pub fn broker_url() -> String {
 pub struct Sandbox {
     id: String,
     pub topology: Topology,
+    postgres: String,
     databases: std::sync::Mutex<Vec<String>>,
 }
 
 impl Sandbox {
-    /// A new sandbox with a random id.
+    /// A new sandbox with a random id on the shared servers.
     pub fn new() -> Self {
+        Self::on_postgres(&postgres_server())
+    }
+
+    /// A new sandbox whose databases live on the Postgres server at `postgres` (no database).
+    pub fn on_postgres(postgres: &str) -> Self {
+        init_logs();
         let id = Uuid::new_v4().simple().to_string();
         let namespace = Namespace::parse(&format!("test_{id}")).expect("a valid namespace");
         Self {
             id,
             topology: Topology::new(namespace),
+            postgres: postgres.to_owned(),
             databases: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -76,7 +93,7 @@ impl Sandbox {
         if !databases.contains(&name) {
             databases.push(name.clone());
         }
-        format!("{}/{name}", postgres_server())
+        format!("{}/{name}", self.postgres)
     }
 
     /// Settings for `service_name` with its database `database`, on port 0, in this sandbox's
@@ -113,6 +130,7 @@ impl Drop for Sandbox {
         let databases =
             std::mem::take(&mut *self.databases.lock().unwrap_or_else(|e| e.into_inner()));
         let topology = self.topology.clone();
+        let postgres = self.postgres.clone();
         // Clean-up needs async I/O but Drop is sync: run it on a runtime of its own.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -120,8 +138,7 @@ impl Drop for Sandbox {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                if let Ok(mut admin) =
-                    PgConnection::connect(&format!("{}/postgres", postgres_server())).await
+                if let Ok(mut admin) = PgConnection::connect(&format!("{postgres}/postgres")).await
                 {
                     for database in databases {
                         let _ = sqlx::query(&format!(

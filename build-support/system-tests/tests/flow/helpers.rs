@@ -20,6 +20,7 @@ pub struct Stack {
     pub order_db: PgPool,
     pub payment_db: PgPool,
     pub amqp: Connection,
+    amqp_url: String,
     services: Vec<Running>,
     pub sandbox: Sandbox,
 }
@@ -34,9 +35,19 @@ pub async fn spawn_stack() -> Stack {
 /// The user and order services only; start the payment service with
 /// [`Stack::start_payment_service`].
 pub async fn spawn_stack_without_payment() -> Stack {
-    let sandbox = Sandbox::new();
-    let user = start_user_service(&sandbox).await;
-    let order = start_order_service(&sandbox).await;
+    spawn_partial_stack(Sandbox::new(), &test_support::broker_url()).await
+}
+
+/// All three services in `sandbox` (whose Postgres they use), against the broker at `amqp_url`.
+pub async fn spawn_stack_on(sandbox: Sandbox, amqp_url: &str) -> Stack {
+    let mut stack = spawn_partial_stack(sandbox, amqp_url).await;
+    stack.start_payment_service().await;
+    stack
+}
+
+async fn spawn_partial_stack(sandbox: Sandbox, amqp_url: &str) -> Stack {
+    let user = start_user_service(&sandbox, amqp_url).await;
+    let order = start_order_service(&sandbox, amqp_url).await;
     // The payment service creates its database when it starts; until then, point at it lazily.
     let payment_db = sqlx::postgres::PgPoolOptions::new()
         .connect_lazy(&sandbox.database_url("payments"))
@@ -47,22 +58,25 @@ pub async fn spawn_stack_without_payment() -> Stack {
         payments: None,
         order_db: sandbox.pool("orders").await,
         payment_db,
-        amqp: test_support::broker().await,
+        amqp: lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .expect("the broker is reachable"),
+        amqp_url: amqp_url.to_owned(),
         services: vec![user, order],
         sandbox,
     }
 }
 
-async fn start_user_service(sandbox: &Sandbox) -> Running {
-    let settings = sandbox.settings("user-service", "users", &test_support::broker_url());
+async fn start_user_service(sandbox: &Sandbox, amqp_url: &str) -> Running {
+    let settings = sandbox.settings("user-service", "users", amqp_url);
     let app = user_service::build(&settings)
         .await
         .expect("the user service starts");
     Running::ready(app, user_service::startup::GRPC_SERVICE).await
 }
 
-async fn start_order_service(sandbox: &Sandbox) -> Running {
-    let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
+async fn start_order_service(sandbox: &Sandbox, amqp_url: &str) -> Running {
+    let settings = sandbox.settings("order-service", "orders", amqp_url);
     let app = order_service::build(&settings, PriceList::default())
         .await
         .expect("the order service starts");
@@ -72,9 +86,9 @@ async fn start_order_service(sandbox: &Sandbox) -> Running {
 impl Stack {
     /// Starts the payment service (again).
     pub async fn start_payment_service(&mut self) {
-        let settings =
-            self.sandbox
-                .settings("payment-service", "payments", &test_support::broker_url());
+        let settings = self
+            .sandbox
+            .settings("payment-service", "payments", &self.amqp_url);
         let app = payment_service::build(&settings)
             .await
             .expect("the payment service starts");
@@ -85,8 +99,32 @@ impl Stack {
 
     /// Starts one more order service on the same database and queues.
     pub async fn start_another_order_service(&mut self) {
-        let running = start_order_service(&self.sandbox).await;
+        let running = start_order_service(&self.sandbox, &self.amqp_url).await;
         self.services.push(running);
+    }
+
+    /// CreateUser with `email` and a `request_id`, retried with the same `request_id` while the
+    /// service answers UNAVAILABLE, as a well-behaved client would (AIP-155).
+    pub async fn create_user_retrying(&self, email: &str) -> User {
+        let request = CreateUserRequest {
+            email: email.into(),
+            name: "Test User".into(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            ..CreateUserRequest::default()
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            match self.users.clone().create_user(request.clone()).await {
+                Ok(response) => return response.into_inner().user.expect("a user"),
+                Err(status)
+                    if status.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Err(status) => panic!("CreateUser failed: {status:?}"),
+            }
+        }
     }
 
     /// CreateUser with `email`.
@@ -117,7 +155,13 @@ impl Stack {
 
     /// Waits until `count` orders are paid.
     pub async fn wait_for_paid_orders(&self, count: i64) {
-        test_support::eventually(|| async {
+        self.wait_for_paid_orders_within(test_support::PATIENCE, count)
+            .await;
+    }
+
+    /// Waits until `count` orders are paid, for at most `patience`.
+    pub async fn wait_for_paid_orders_within(&self, patience: std::time::Duration, count: i64) {
+        test_support::eventually_within(patience, || async {
             Self::count(
                 &self.order_db,
                 "select count(*) from orders where status = 'paid'",

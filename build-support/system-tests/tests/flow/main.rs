@@ -7,4 +7,5 @@
 mod chain;
 mod failures;
 mod helpers;
+mod outages;
 mod resilience;
