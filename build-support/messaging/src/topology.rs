@@ -82,6 +82,11 @@ impl Namespace {
         }
     }
 
+    /// The namespace as configured; empty for none.
+    pub fn as_str(&self) -> &str {
+        self.0.as_deref().unwrap_or("")
+    }
+
     /// `base` with the namespace prefix, `X.base`, or `base` alone without a namespace.
     pub fn apply(&self, base: &str) -> String {
         match &self.0 {

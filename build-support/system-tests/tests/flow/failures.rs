@@ -11,7 +11,15 @@ use proto::{order::v1::OrderStatus, payment::v1::PaymentStatus};
 use test_support::eventually_some;
 use uuid::Uuid;
 
-use crate::helpers::spawn_stack;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use clap::Parser;
+use payment_service::gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway};
+
+use crate::helpers::{Stack, spawn_stack, spawn_stack_with_gateway};
 
 /// The poison of the issue: random bytes, an empty body, a wrong `type`, no `message_id`, and a
 /// body over the size limit, each typed as `type_name` unless the type is the poison. An empty
@@ -158,4 +166,79 @@ async fn a_failing_payment_is_dead_lettered_and_later_users_still_pay() {
     let orders = stack.orders_of(&failing.user_id).await;
     assert_eq!(orders[0].status(), OrderStatus::PendingPayment);
     assert!(stack.payments_of(&failing.user_id).await.is_empty());
+}
+
+/// A gateway that fails permanently until it is repaired, like a misconfigured account.
+struct RepairableGateway {
+    broken: Arc<AtomicBool>,
+}
+
+impl PaymentGateway for RepairableGateway {
+    async fn charge(&self, _: &ChargeRequest) -> Result<ChargeOutcome, GatewayError> {
+        if self.broken.load(Ordering::SeqCst) {
+            Err(GatewayError::Permanent("merchant account suspended".into()))
+        } else {
+            Ok(ChargeOutcome::Succeeded)
+        }
+    }
+}
+
+async fn eventsctl(stack: &Stack, args: &[&str]) -> String {
+    let namespace = stack.sandbox.topology.namespace().as_str().to_owned();
+    let broker = test_support::broker_url();
+    let mut argv = vec![
+        "eventsctl",
+        "--amqp-url",
+        &broker,
+        "--bus-namespace",
+        &namespace,
+    ];
+    argv.extend_from_slice(args);
+    let mut out = Vec::new();
+    eventsctl::run(eventsctl::Cli::parse_from(argv), &mut out)
+        .await
+        .expect("eventsctl succeeds");
+    String::from_utf8(out).expect("text")
+}
+
+#[tokio::test]
+async fn replaying_a_dead_letter_whose_cause_was_fixed_completes_the_flow_once() {
+    // Arrange: the gateway is broken, so the payment dead-letters.
+    let broken = Arc::new(AtomicBool::new(true));
+    let stack = spawn_stack_with_gateway(RepairableGateway {
+        broken: broken.clone(),
+    })
+    .await;
+    let user = stack.create_user("ada@example.com").await;
+    let dlq = stack.sandbox.topology.dead_letter_queue(&SUBSCRIPTIONS[1]);
+    test_support::eventually(|| async { test_support::queue_depth(&stack.amqp, &dlq).await == 1 })
+        .await;
+    let listed = eventsctl(&stack, &["dlq", "list"]).await;
+    assert!(
+        listed.contains("order.v1.OrderCreated  permanent"),
+        "{listed}"
+    );
+
+    // Act: repair the cause, then replay.
+    broken.store(false, Ordering::SeqCst);
+    let replayed = eventsctl(&stack, &["dlq", "replay"]).await;
+
+    // Assert: the flow completes, once.
+    assert!(replayed.contains("replayed 1 message(s)"), "{replayed}");
+    eventually_some(|| async {
+        stack
+            .orders_of(&user.user_id)
+            .await
+            .pop()
+            .filter(|order| order.status() == OrderStatus::Paid)
+    })
+    .await;
+    assert_eq!(stack.payments_of(&user.user_id).await.len(), 1);
+    assert_eq!(test_support::queue_depth(&stack.amqp, &dlq).await, 0);
+
+    // Act: replaying again finds nothing, and a duplicate changes nothing.
+    let again = eventsctl(&stack, &["dlq", "replay"]).await;
+    assert!(again.contains("replayed 0 message(s)"), "{again}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(stack.payments_of(&user.user_id).await.len(), 1);
 }

@@ -3,6 +3,7 @@
 
 use lapin::Connection;
 use order_service::domain::PriceList;
+use payment_service::gateway::{PaymentGateway, SimulatedGateway};
 use proto::{
     order::v1::{ListOrdersRequest, Order, order_service_client::OrderServiceClient},
     payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
@@ -23,6 +24,13 @@ pub struct Stack {
     amqp_url: String,
     services: Vec<Running>,
     pub sandbox: Sandbox,
+}
+
+/// The user and order services, and the payment service charging through `gateway`.
+pub async fn spawn_stack_with_gateway(gateway: impl PaymentGateway) -> Stack {
+    let mut stack = spawn_stack_without_payment().await;
+    stack.start_payment_service_with(gateway).await;
+    stack
 }
 
 /// All three services, ready.
@@ -86,10 +94,16 @@ async fn start_order_service(sandbox: &Sandbox, amqp_url: &str) -> Running {
 impl Stack {
     /// Starts the payment service (again).
     pub async fn start_payment_service(&mut self) {
+        self.start_payment_service_with(SimulatedGateway::default())
+            .await;
+    }
+
+    /// Starts the payment service charging through `gateway`.
+    pub async fn start_payment_service_with(&mut self, gateway: impl PaymentGateway) {
         let settings = self
             .sandbox
             .settings("payment-service", "payments", &self.amqp_url);
-        let app = payment_service::build(&settings)
+        let app = payment_service::startup::build_with_gateway(&settings, gateway)
             .await
             .expect("the payment service starts");
         let running = Running::ready(app, payment_service::startup::GRPC_SERVICE).await;

@@ -17,8 +17,7 @@ use test_support::{Sandbox, new_context, next_delivery, queue_depth};
 
 /// Runs eventsctl in `sandbox`'s namespace with `args`, with no terminal on standard input.
 fn eventsctl(sandbox: &Sandbox, args: &[&str]) -> Output {
-    let namespace = sandbox.topology.exchange();
-    let namespace = namespace.trim_end_matches(".events_exchange");
+    let namespace = sandbox.topology.namespace().as_str();
     Command::new(env!("CARGO_BIN_EXE_eventsctl"))
         .args([
             "--amqp-url",

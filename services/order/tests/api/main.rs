@@ -8,3 +8,4 @@
 mod api;
 mod consuming;
 mod helpers;
+mod process;
