@@ -242,6 +242,16 @@ impl PrivatePostgres {
         self.start_server().await;
     }
 
+    /// Stops the server (fast shutdown: connections are cut).
+    pub fn stop(&mut self) {
+        self.stop_server();
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub async fn start_again(&mut self) {
+        self.start_server().await;
+    }
+
     async fn start_server(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -111,6 +111,16 @@ impl Stack {
         self.services.push(running);
     }
 
+    /// Waits until every running service's health reports `status`.
+    pub async fn wait_for_health(
+        &self,
+        status: tonic_health::pb::health_check_response::ServingStatus,
+    ) {
+        for service in &self.services {
+            service.wait_for_health(status).await;
+        }
+    }
+
     /// Starts one more order service on the same database and queues.
     pub async fn start_another_order_service(&mut self) {
         let running = start_order_service(&self.sandbox, &self.amqp_url).await;

@@ -8,6 +8,7 @@ use std::{
 
 use futures_util::StreamExt;
 use test_support::{PrivateBroker, PrivatePostgres, Sandbox};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{Stack, spawn_stack_on};
 
@@ -87,6 +88,34 @@ async fn a_broker_restart_in_the_middle_of_500_flows_completes_every_flow_exactl
 
     // Assert
     assert_exactly_once(&stack, USERS as i64).await;
+}
+
+#[tokio::test]
+async fn health_is_not_serving_while_the_database_is_down_and_serving_once_it_is_back() {
+    // Arrange
+    let mut postgres = PrivatePostgres::start().await;
+    let stack = spawn_stack_on(
+        Sandbox::on_postgres(&postgres.url()),
+        &test_support::broker_url(),
+    )
+    .await;
+
+    // Act and assert: down…
+    postgres.stop();
+    stack.wait_for_health(ServingStatus::NotServing).await;
+
+    // …and back, and the chain works again without a restart.
+    postgres.start_again().await;
+    stack.wait_for_health(ServingStatus::Serving).await;
+    let user = stack.create_user("ada@example.com").await;
+    test_support::eventually_some(|| async {
+        stack
+            .orders_of(&user.user_id)
+            .await
+            .pop()
+            .filter(|order| order.status() == proto::order::v1::OrderStatus::Paid)
+    })
+    .await;
 }
 
 #[tokio::test]
