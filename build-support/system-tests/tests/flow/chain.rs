@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use lapin::{message::Delivery, types::AMQPValue};
 use proto::{order::v1::OrderStatus, payment::v1::PaymentStatus, user::v1::CreateUserRequest};
-use test_support::{eventually_some, next_delivery};
+use test_support::next_delivery;
 
 use crate::helpers::{Stack, spawn_stack};
 
@@ -48,14 +48,9 @@ async fn create_user_leads_to_a_paid_order_and_a_succeeded_payment() {
     let user = stack.create_user("ada@example.com").await;
 
     // Assert
-    let order = eventually_some(|| async {
-        stack
-            .orders_of(&user.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() == OrderStatus::Paid)
-    })
-    .await;
+    let order = stack
+        .wait_for_order_status(&user.user_id, OrderStatus::Paid)
+        .await;
     assert_eq!(order.amount_minor, 999);
     let payments = stack.payments_of(&user.user_id).await;
     assert_eq!(payments.len(), 1);
@@ -70,19 +65,14 @@ async fn a_declined_card_leads_to_payment_declined() {
 
     let user = stack.create_user("ada+decline@example.com").await;
 
-    let order = eventually_some(|| async {
-        stack
-            .orders_of(&user.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() != OrderStatus::PendingPayment)
-    })
-    .await;
-    assert_eq!(order.status(), OrderStatus::PaymentDeclined);
+    let order = stack
+        .wait_for_order_status(&user.user_id, OrderStatus::PaymentDeclined)
+        .await;
     let payments = stack.payments_of(&user.user_id).await;
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].status(), PaymentStatus::Declined);
     assert_eq!(payments[0].decline_reason, "card_declined");
+    assert_eq!(payments[0].order_id, order.order_id);
 }
 
 #[tokio::test]

@@ -84,14 +84,9 @@ async fn poison_on_every_queue_is_dead_lettered_and_every_consumer_goes_on() {
     let user = stack.create_user("ada@example.com").await;
 
     // Assert: the flow completes.
-    eventually_some(|| async {
-        stack
-            .orders_of(&user.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() == OrderStatus::Paid)
-    })
-    .await;
+    stack
+        .wait_for_order_status(&user.user_id, OrderStatus::Paid)
+        .await;
 
     // Assert: every poison message is in its queue's DLQ, marked with why.
     for (subscription, _) in queues {
@@ -124,14 +119,9 @@ async fn a_flaky_gateway_is_retried_and_the_user_pays_once() {
 
     let user = stack.create_user("ada+flaky@example.com").await;
 
-    let order = eventually_some(|| async {
-        stack
-            .orders_of(&user.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() == OrderStatus::Paid)
-    })
-    .await;
+    let order = stack
+        .wait_for_order_status(&user.user_id, OrderStatus::Paid)
+        .await;
     let payments = stack.payments_of(&user.user_id).await;
     assert_eq!(payments.len(), 1);
     assert_eq!(payments[0].order_id, order.order_id);
@@ -149,14 +139,9 @@ async fn a_failing_payment_is_dead_lettered_and_later_users_still_pay() {
     let failing = stack.create_user("ada+fail@example.com").await;
     let fine = stack.create_user("bob@example.com").await;
 
-    eventually_some(|| async {
-        stack
-            .orders_of(&fine.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() == OrderStatus::Paid)
-    })
-    .await;
+    stack
+        .wait_for_order_status(&fine.user_id, OrderStatus::Paid)
+        .await;
     let dlq = stack.sandbox.topology.dead_letter_queue(&SUBSCRIPTIONS[1]);
     let dead = eventually_some(|| test_support::take_message(&stack.amqp, &dlq)).await;
     assert_eq!(
@@ -225,14 +210,9 @@ async fn replaying_a_dead_letter_whose_cause_was_fixed_completes_the_flow_once()
 
     // Assert: the flow completes, once.
     assert!(replayed.contains("replayed 1 message(s)"), "{replayed}");
-    eventually_some(|| async {
-        stack
-            .orders_of(&user.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() == OrderStatus::Paid)
-    })
-    .await;
+    stack
+        .wait_for_order_status(&user.user_id, OrderStatus::Paid)
+        .await;
     assert_eq!(stack.payments_of(&user.user_id).await.len(), 1);
     assert_eq!(test_support::queue_depth(&stack.amqp, &dlq).await, 0);
 

@@ -5,7 +5,7 @@ use lapin::Connection;
 use order_service::domain::PriceList;
 use payment_service::gateway::{PaymentGateway, SimulatedGateway};
 use proto::{
-    order::v1::{ListOrdersRequest, Order, order_service_client::OrderServiceClient},
+    order::v1::{ListOrdersRequest, Order, OrderStatus, order_service_client::OrderServiceClient},
     payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
     user::v1::{CreateUserRequest, User, user_service_client::UserServiceClient},
 };
@@ -194,6 +194,17 @@ impl Stack {
                 == count
         })
         .await;
+    }
+
+    /// The user's one order, once it has `status` (through ListOrders).
+    pub async fn wait_for_order_status(&self, user_id: &str, status: OrderStatus) -> Order {
+        test_support::eventually_some(|| async {
+            self.orders_of(user_id)
+                .await
+                .pop()
+                .filter(|order| order.status() == status)
+        })
+        .await
     }
 
     /// The user's orders, through ListOrders.

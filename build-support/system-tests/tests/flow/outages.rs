@@ -108,14 +108,9 @@ async fn health_is_not_serving_while_the_database_is_down_and_serving_once_it_is
     postgres.start_again().await;
     stack.wait_for_health(ServingStatus::Serving).await;
     let user = stack.create_user("ada@example.com").await;
-    test_support::eventually_some(|| async {
-        stack
-            .orders_of(&user.user_id)
-            .await
-            .pop()
-            .filter(|order| order.status() == proto::order::v1::OrderStatus::Paid)
-    })
-    .await;
+    stack
+        .wait_for_order_status(&user.user_id, proto::order::v1::OrderStatus::Paid)
+        .await;
 }
 
 #[tokio::test]
