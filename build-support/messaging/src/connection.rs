@@ -40,6 +40,7 @@ pub struct Connected {
 pub struct Bus {
     state: watch::Receiver<Option<Connected>>,
     topology: Topology,
+    app_id: String,
 }
 
 impl Bus {
@@ -47,8 +48,18 @@ impl Bus {
     pub fn start(settings: BusSettings, tracker: &TaskTracker, stop: CancellationToken) -> Self {
         let (sender, state) = watch::channel(None);
         let topology = settings.topology.clone();
+        let app_id = settings.app_id.clone();
         tracker.spawn(supervise(settings, sender, stop));
-        Self { state, topology }
+        Self {
+            state,
+            topology,
+            app_id,
+        }
+    }
+
+    /// The name of the service this bus publishes for.
+    pub fn app_id(&self) -> &str {
+        &self.app_id
     }
 
     /// The topology this bus declares.

@@ -363,6 +363,11 @@ impl<H: Handler> EventConsumer<H> {
             Ok(message) => message,
             Err(error) => {
                 tracing::warn!(%error, "undecodable message; dead-lettering it");
+                metrics::counter!(
+                    "events_consumed_total",
+                    "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => "undecodable"
+                )
+                .increment(1);
                 self.dead_letter(
                     &delivery,
                     publisher,
@@ -378,7 +383,10 @@ impl<H: Handler> EventConsumer<H> {
         span.record("message_id", tracing::field::display(message.message_id));
         span.record("correlation_id", message.correlation_id.as_str());
 
-        match self.apply(&message).await {
+        let started = std::time::Instant::now();
+        let applied = self.apply(&message).await;
+        self.observe(&message, started.elapsed(), &applied);
+        match applied {
             Ok(Outcome::Applied) => settle(ack(&delivery)).await,
             Ok(Outcome::Duplicate) => {
                 tracing::info!("duplicate message; acknowledged without effect");
@@ -439,6 +447,34 @@ impl<H: Handler> EventConsumer<H> {
         }
     }
 
+    /// Records what became of a message: its outcome, how long the handler took and, once applied,
+    /// how old the event was (from its time-ordered UUIDv7 id, millisecond-precise).
+    fn observe(
+        &self,
+        message: &Incoming<H::Event>,
+        took: Duration,
+        applied: &Result<Outcome, HandlerError>,
+    ) {
+        let outcome = match applied {
+            Ok(Outcome::Applied) => "applied",
+            Ok(Outcome::Duplicate) => "duplicate",
+            Err(HandlerError::Transient(_)) => "retried",
+            Err(HandlerError::Permanent(_)) => "dead_lettered",
+            Err(HandlerError::Unavailable(_)) => "requeued",
+        };
+        let (consumer, kind) = (self.name, H::Event::TYPE_NAME);
+        metrics::counter!("events_consumed_total", "consumer" => consumer, "type" => kind, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("event_handler_duration_seconds", "consumer" => consumer, "type" => kind)
+            .record(took.as_secs_f64());
+        if matches!(applied, Ok(Outcome::Applied))
+            && let Some(age) = event_age(message.message_id)
+        {
+            metrics::histogram!("event_end_to_end_age_seconds", "consumer" => consumer, "type" => kind)
+                .record(age.as_secs_f64());
+        }
+    }
+
     /// The inbox row, the handler's effect and its outbox rows, in one transaction.
     async fn apply(&self, message: &Incoming<H::Event>) -> Result<Outcome, HandlerError> {
         let mut tx = self.pool.begin().await?;
@@ -490,6 +526,8 @@ impl<H: Handler> EventConsumer<H> {
         attempts: u32,
         error: &(dyn std::fmt::Display + Sync),
     ) {
+        metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
+            .increment(1);
         let failure = Failure {
             consumer: self.name,
             attempts,
@@ -515,6 +553,13 @@ impl<H: Handler> EventConsumer<H> {
         }
     }
 }
+/// How long ago a UUIDv7 id was minted; `None` for other ids or clock skew.
+fn event_age(message_id: Uuid) -> Option<Duration> {
+    let (seconds, nanos) = message_id.get_timestamp()?.to_unix();
+    let minted = std::time::UNIX_EPOCH + Duration::new(seconds, nanos);
+    std::time::SystemTime::now().duration_since(minted).ok()
+}
+
 async fn ack(delivery: &Delivery) -> Result<bool, lapin::Error> {
     delivery.ack(BasicAckOptions::default()).await
 }

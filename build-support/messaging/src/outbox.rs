@@ -71,6 +71,28 @@ pub async fn claim_due(
     Ok(rows.into_iter().map(Envelope::from).collect())
 }
 
+/// What waits in the outbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OutboxStats {
+    /// Rows not yet published.
+    pub pending: i64,
+    /// How long the oldest row has waited; `None` when the outbox is empty.
+    pub oldest_age: Option<Duration>,
+}
+
+/// Counts the outbox and ages its oldest row.
+pub async fn stats(pool: &PgPool) -> Result<OutboxStats, sqlx::Error> {
+    let (pending, oldest_age): (i64, Option<f64>) = sqlx::query_as(
+        "select count(*), extract(epoch from now() - min(occurred_at))::float8 from outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(OutboxStats {
+        pending,
+        oldest_age: oldest_age.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+    })
+}
+
 /// How many rows are waiting to be published.
 pub async fn pending(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("select count(*) from outbox")
@@ -195,6 +217,13 @@ impl OutboxRelay {
         let mut published = Vec::with_capacity(batch.len());
         let mut failed = 0;
         for (envelope, outcome) in batch.iter().zip(outcomes) {
+            metrics::counter!(
+                "events_published_total",
+                "service" => self.bus.app_id().to_owned(),
+                "type" => envelope.event_type.clone(),
+                "outcome" => if outcome.is_ok() { "acked" } else { "failed" },
+            )
+            .increment(1);
             match outcome {
                 Ok(()) => published.push(envelope.message_id),
                 Err(error) => {

@@ -137,7 +137,8 @@ impl Default for RetryPolicy {
     }
 }
 
-fn parse_duration(raw: &str) -> Option<Duration> {
+/// Parses `500ms`, `5s`, `2m` or `1h`.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
     let split = raw.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = raw.split_at(split);
     let number: u64 = number.parse().ok()?;

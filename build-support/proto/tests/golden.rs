@@ -32,7 +32,12 @@ fn int(field: u64, value: u64) -> Vec<u8> {
 
 /// A length-delimited field (wire type 2): strings, bytes, embedded messages.
 fn bytes(field: u64, value: &[u8]) -> Vec<u8> {
-    [varint((field << 3) | 2), varint(value.len() as u64), value.to_vec()].concat()
+    [
+        varint((field << 3) | 2),
+        varint(value.len() as u64),
+        value.to_vec(),
+    ]
+    .concat()
 }
 
 const SECONDS: i64 = 1_764_325_800;
@@ -47,7 +52,10 @@ fn time() -> Timestamp {
 
 /// `google.protobuf.Timestamp` as an embedded message in `field`.
 fn time_field(field: u64) -> Vec<u8> {
-    bytes(field, &[int(1, SECONDS as u64), int(2, NANOS as u64)].concat())
+    bytes(
+        field,
+        &[int(1, SECONDS as u64), int(2, NANOS as u64)].concat(),
+    )
 }
 
 fn assert_wire<M: Message + Default + PartialEq + std::fmt::Debug>(event: M, expected: Vec<u8>) {

@@ -7,9 +7,12 @@
 //! - [`runtime`]: the bus, the outbox relay, health and the gRPC server, with one shutdown path.
 //! - [`request_context`]: `x-request-id` and `traceparent` of a call, as the context of its events.
 //! - [`error`]: the one mapping from API errors to gRPC statuses.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
 pub mod database;
 pub mod error;
+pub mod healthcheck;
+pub mod metrics;
 pub mod pagination;
 pub mod proto_time;
 pub mod repository;

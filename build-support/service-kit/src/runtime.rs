@@ -20,7 +20,7 @@ use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::request_id::MakeRequestUuid;
 
-use crate::{database, settings::Settings};
+use crate::{database, metrics, settings::Settings};
 
 /// How long in-flight calls and background work get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,7 +36,9 @@ pub struct ServiceRuntime {
     pub bus: Bus,
     /// Whether the database answers.
     database_up: watch::Receiver<bool>,
+    metrics_addr: SocketAddr,
     retry: RetryPolicy,
+    service_name: &'static str,
     listener: TcpListener,
     health: HealthReporter,
     routes: Routes,
@@ -74,6 +76,16 @@ impl ServiceRuntime {
         workers.spawn(OutboxRelay::new(pool.clone(), bus.clone()).run(stop.clone()));
         let (database_up, database_watch) = database::watch_health(pool.clone(), stop.clone());
         workers.spawn(database_watch);
+        let (outbox_fresh, outbox_watch) = watch_outbox(
+            pool.clone(),
+            settings.service_name,
+            settings.outbox_max_age,
+            stop.clone(),
+        );
+        workers.spawn(outbox_watch);
+        let metrics_listener = metrics::bind(settings.metrics_addr).await?;
+        let metrics_addr = metrics_listener.local_addr()?;
+        workers.spawn(metrics::serve(metrics_listener, stop.clone()));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", grpc_service] {
@@ -84,6 +96,7 @@ impl ServiceRuntime {
         workers.spawn(report_readiness(
             bus.watch(),
             database_up.clone(),
+            outbox_fresh,
             health.clone(),
             grpc_service,
             stop.clone(),
@@ -110,7 +123,9 @@ impl ServiceRuntime {
             pool,
             bus,
             database_up,
+            metrics_addr,
             retry: settings.retry.clone(),
+            service_name: settings.service_name,
             listener,
             health,
             routes,
@@ -124,6 +139,11 @@ impl ServiceRuntime {
     /// The address the gRPC server listens on (the real port when bound to port 0).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The address of the `/metrics` endpoint.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
     }
 
     /// Runs `task` as background work that shutdown waits for; it should return once `stop` is
@@ -179,7 +199,9 @@ impl ServiceRuntime {
             pool,
             bus: _,
             database_up: _,
+            metrics_addr: _,
             retry: _,
+            service_name,
             listener,
             health,
             routes,
@@ -193,6 +215,9 @@ impl ServiceRuntime {
         let server = tonic::transport::Server::builder()
             .layer(
                 tower::ServiceBuilder::new()
+                    .layer(metrics::GrpcMetricsLayer {
+                        service: service_name,
+                    })
                     .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                         MakeRequestUuid,
                     ))
@@ -270,6 +295,11 @@ impl Application {
         self.local_addr
     }
 
+    /// Where the `/metrics` endpoint listens.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.runtime.metrics_addr
+    }
+
     /// Serves until `shutdown` resolves, then drains and stops.
     pub async fn run_until_stopped(
         self,
@@ -280,18 +310,55 @@ impl Application {
     }
 }
 
+/// Keeps the outbox gauges current and says whether the oldest unpublished row is younger than
+/// `max_age`: an outbox that is not draining makes the service unready.
+fn watch_outbox(
+    pool: PgPool,
+    service: &'static str,
+    max_age: Duration,
+    stop: CancellationToken,
+) -> (watch::Receiver<bool>, impl Future<Output = ()>) {
+    let (sender, receiver) = watch::channel(true);
+    let task = async move {
+        let mut interval = tokio::time::interval(metrics::OUTBOX_STATS_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            // When the database is down, the database check already makes the service unready.
+            let Ok(stats) = messaging::outbox::stats(&pool).await else {
+                continue;
+            };
+            let age = stats.oldest_age.unwrap_or_default();
+            ::metrics::gauge!("outbox_pending_rows", "service" => service)
+                .set(stats.pending as f64);
+            ::metrics::gauge!("outbox_oldest_age_seconds", "service" => service)
+                .set(age.as_secs_f64());
+            let fresh = age <= max_age;
+            if sender.send_replace(fresh) != fresh && !fresh {
+                tracing::warn!(?age, ?max_age, "the outbox is not draining");
+            }
+        }
+    };
+    (receiver, task)
+}
+
 /// Health follows the dependencies: SERVING while the broker topology is declared and the
-/// publisher is up and the database answers (it was migrated before this runs), NOT_SERVING
-/// otherwise.
+/// publisher is up, the database answers (it was migrated before this runs) and the outbox
+/// drains; NOT_SERVING otherwise.
 async fn report_readiness(
     mut bus: watch::Receiver<Option<Connected>>,
     mut database_up: watch::Receiver<bool>,
+    mut outbox_fresh: watch::Receiver<bool>,
     health: HealthReporter,
     grpc_service: &'static str,
     stop: CancellationToken,
 ) {
     loop {
-        let ready = bus.borrow_and_update().is_some() && *database_up.borrow_and_update();
+        let ready = bus.borrow_and_update().is_some()
+            && *database_up.borrow_and_update()
+            && *outbox_fresh.borrow_and_update();
         let status = if ready {
             ServingStatus::Serving
         } else {
@@ -304,6 +371,7 @@ async fn report_readiness(
             _ = stop.cancelled() => return,
             changed = bus.changed() => if changed.is_err() { return },
             changed = database_up.changed() => if changed.is_err() { return },
+            changed = outbox_fresh.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Each service flattens [`CommonArgs`] into its own clap parser and resolves it against its
 //! [`ServiceDefaults`] (its database name and port), so the defaults of SPEC §6 live in one place.
 
-use std::{convert::Infallible, net::SocketAddr};
+use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{Namespace, RetryPolicy, Topology, retry::DEFAULT_RETRY_DELAYS};
@@ -21,6 +21,8 @@ pub struct ServiceDefaults {
     pub database: &'static str,
     /// Its gRPC port on 0.0.0.0.
     pub grpc_port: u16,
+    /// Its Prometheus `/metrics` port on 0.0.0.0.
+    pub metrics_port: u16,
 }
 
 /// Log output format.
@@ -44,6 +46,12 @@ pub struct CommonArgs {
     /// Address the gRPC server listens on [default: 0.0.0.0:<service port>]
     #[arg(long, env = "GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+    /// Address of the Prometheus `/metrics` endpoint [default: 0.0.0.0:<service metrics port>]
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Health says NOT_SERVING once the oldest unpublished outbox row is older than this.
+    #[arg(long, env = "OUTBOX_MAX_AGE", default_value = "60s", value_parser = duration)]
+    pub outbox_max_age: Duration,
     /// Prefix for every exchange and queue name, so several stacks can share one broker.
     #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
     pub bus_namespace: String,
@@ -59,6 +67,11 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
+fn duration(raw: &str) -> Result<Duration, String> {
+    messaging::retry::parse_duration(raw)
+        .ok_or_else(|| format!("{raw:?} is not a duration like 500ms, 30s, 2m or 1h"))
+}
+
 fn secret(raw: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(raw.to_owned()))
 }
@@ -70,6 +83,8 @@ pub struct Settings {
     pub database_url: SecretString,
     pub amqp_url: SecretString,
     pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub outbox_max_age: Duration,
     pub topology: Topology,
     pub retry: RetryPolicy,
     pub rust_log: String,
@@ -92,6 +107,10 @@ impl CommonArgs {
             grpc_addr: self
                 .grpc_addr
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.grpc_port))),
+            metrics_addr: self
+                .metrics_addr
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.metrics_port))),
+            outbox_max_age: self.outbox_max_age,
             topology: Topology::new(namespace),
             retry: RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?,
             rust_log: self.rust_log,
@@ -116,6 +135,7 @@ mod tests {
         name: "user-service",
         database: "users",
         grpc_port: 50051,
+        metrics_port: 9091,
     };
 
     #[test]
@@ -129,6 +149,8 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/users"
         );
         assert_eq!(settings.grpc_addr.to_string(), "0.0.0.0:50051");
+        assert_eq!(settings.metrics_addr.to_string(), "0.0.0.0:9091");
+        assert_eq!(settings.outbox_max_age, Duration::from_secs(60));
         assert_eq!(settings.topology.exchange(), "events_exchange");
     }
 

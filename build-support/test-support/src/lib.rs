@@ -104,6 +104,8 @@ impl Sandbox {
             database_url: SecretString::from(self.database_url(database)),
             amqp_url: SecretString::from(amqp_url.to_owned()),
             grpc_addr: "127.0.0.1:0".parse().expect("a valid address"),
+            metrics_addr: "127.0.0.1:0".parse().expect("a valid address"),
+            outbox_max_age: Duration::from_secs(60),
             topology: self.topology.clone(),
             retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
             rust_log: "info".into(),
@@ -317,4 +319,41 @@ fn broker_address() -> String {
         .and_then(|rest| rest.split('/').next())
         .expect("an AMQP URL with a host");
     authority.rsplit('@').next().expect("host:port").to_owned()
+}
+
+/// The body of `GET http://<addr><path>` (HTTP/1.1, `Connection: close`); panics unless 200.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("the endpoint accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("request sent");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the Prometheus sample `name{labels}` in `exposition` (labels as rendered, e.g.
+/// `consumer="order_service",outcome="applied"`; order matters), if present.
+pub fn metric_value(exposition: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        let inner = rest.strip_prefix('{')?.strip_suffix('}')?;
+        let all = labels.iter().all(|(key, wanted)| {
+            inner
+                .split(',')
+                .any(|pair| pair == format!("{key}=\"{wanted}\""))
+        });
+        all.then(|| value.parse().ok()).flatten()
+    })
 }

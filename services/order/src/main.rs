@@ -3,13 +3,19 @@
 use anyhow::Context;
 use clap::Parser;
 use order_service::settings::{Cli, DEFAULTS};
-use service_kit::{shutdown, telemetry};
+use service_kit::{
+    healthcheck::{self, ServiceCommand},
+    shutdown, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let prices = cli.price_list()?;
     let settings = cli.common.resolve(&DEFAULTS)?;
+    if let Some(ServiceCommand::Healthcheck) = cli.command {
+        return healthcheck::check(settings.grpc_addr).await;
+    }
     telemetry::init(&settings.rust_log, settings.log_format)?;
     let application = order_service::build(&settings, prices)
         .await

@@ -1,6 +1,6 @@
 //! The order service's command line and environment.
 
-use service_kit::{CommonArgs, ServiceDefaults};
+use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand};
 
 use crate::domain::{PriceList, price_list::DEFAULT_PRICES};
 
@@ -9,6 +9,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "order-service",
     database: "orders",
     grpc_port: 50052,
+    metrics_port: 9092,
 };
 
 /// Every setting is a flag and an environment variable.
@@ -21,6 +22,8 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
     /// Price of each plan, in PRICE_CURRENCY.
     #[arg(long, env = "PLAN_PRICES", default_value = DEFAULT_PRICES)]
     pub plan_prices: String,

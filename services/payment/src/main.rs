@@ -3,11 +3,18 @@
 use anyhow::Context;
 use clap::Parser;
 use payment_service::settings::{Cli, DEFAULTS};
-use service_kit::{shutdown, telemetry};
+use service_kit::{
+    healthcheck::{self, ServiceCommand},
+    shutdown, telemetry,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Cli::parse().common.resolve(&DEFAULTS)?;
+    let cli = Cli::parse();
+    let settings = cli.common.resolve(&DEFAULTS)?;
+    if let Some(ServiceCommand::Healthcheck) = cli.command {
+        return healthcheck::check(settings.grpc_addr).await;
+    }
     telemetry::init(&settings.rust_log, settings.log_format)?;
     let application = payment_service::build(&settings)
         .await

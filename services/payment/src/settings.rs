@@ -1,12 +1,13 @@
 //! The payment service's command line and environment.
 
-use service_kit::{CommonArgs, ServiceDefaults};
+use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand};
 
 /// Name, database and port when nothing else is configured.
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "payment-service",
     database: "payments",
     grpc_port: 50053,
+    metrics_port: 9093,
 };
 
 /// Every setting is a flag and an environment variable.
@@ -19,4 +20,6 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
 }

@@ -1,12 +1,13 @@
 //! The user service's command line and environment.
 
-use service_kit::{CommonArgs, ServiceDefaults};
+use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand};
 
 /// Name, database and port when nothing else is configured.
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "user-service",
     database: "users",
     grpc_port: 50051,
+    metrics_port: 9091,
 };
 
 /// Every setting is a flag and an environment variable.
@@ -19,4 +20,6 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 pub struct Cli {
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
 }

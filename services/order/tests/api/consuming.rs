@@ -273,3 +273,54 @@ async fn two_instances_on_the_same_queues_apply_every_event_once() {
         0
     );
 }
+
+#[tokio::test]
+async fn consumption_shows_in_the_metrics() {
+    // Arrange
+    let app = spawn_app().await;
+    let envelope = user_created("ada@example.com", Plan::Basic);
+
+    // Act: once, then again (a duplicate).
+    app.publish(&envelope).await;
+    app.order_of(&user_id(&envelope)).await;
+    app.publish(&envelope).await;
+
+    // Assert
+    let labels = |outcome| {
+        [
+            ("consumer", "order_service"),
+            ("type", "user.v1.UserCreated"),
+            ("outcome", outcome),
+        ]
+    };
+    eventually(|| async {
+        let metrics = test_support::http_get(app.metrics_addr, "/metrics").await;
+        test_support::metric_value(&metrics, "events_consumed_total", &labels("duplicate"))
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    let metrics = test_support::http_get(app.metrics_addr, "/metrics").await;
+    assert!(
+        test_support::metric_value(&metrics, "events_consumed_total", &labels("applied"))
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    for histogram in [
+        "event_handler_duration_seconds",
+        "event_end_to_end_age_seconds",
+    ] {
+        let count = format!("{histogram}_count");
+        assert!(
+            test_support::metric_value(
+                &metrics,
+                &count,
+                &[
+                    ("consumer", "order_service"),
+                    ("type", "user.v1.UserCreated")
+                ]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{histogram} in {metrics}"
+        );
+    }
+}

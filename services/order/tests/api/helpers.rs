@@ -17,6 +17,8 @@ use uuid::Uuid;
 /// A running order service and what a test needs around it.
 pub struct TestApp {
     pub client: OrderServiceClient<Channel>,
+    /// Where the service serves `/metrics`.
+    pub metrics_addr: std::net::SocketAddr,
     pub db: PgPool,
     pub amqp: Connection,
     // Held so the service runs as long as the test; dropping it stops the service.
@@ -27,9 +29,10 @@ pub struct TestApp {
 /// The order service with the default prices, ready before it returns.
 pub async fn spawn_app() -> TestApp {
     let sandbox = Sandbox::new();
-    let service = start_instance(&sandbox).await;
+    let (service, metrics_addr) = start_instance(&sandbox).await;
     TestApp {
         client: OrderServiceClient::new(service.channel.clone()),
+        metrics_addr,
         db: sandbox.pool("orders").await,
         amqp: test_support::broker().await,
         _service: service,
@@ -37,12 +40,14 @@ pub async fn spawn_app() -> TestApp {
     }
 }
 
-async fn start_instance(sandbox: &Sandbox) -> Running {
+async fn start_instance(sandbox: &Sandbox) -> (Running, std::net::SocketAddr) {
     let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
     let application = order_service::build(&settings, PriceList::default())
         .await
         .expect("the service starts");
-    Running::ready(application, order_service::startup::GRPC_SERVICE).await
+    let metrics_addr = application.metrics_addr();
+    let running = Running::ready(application, order_service::startup::GRPC_SERVICE).await;
+    (running, metrics_addr)
 }
 
 impl TestApp {
@@ -52,7 +57,7 @@ impl TestApp {
 
     /// A second instance of the service on the same database and queues.
     pub async fn start_another_instance(&self) -> Running {
-        start_instance(&self.sandbox).await
+        start_instance(&self.sandbox).await.0
     }
 
     /// A private queue receiving every event published with `routing_key`.

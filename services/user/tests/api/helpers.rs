@@ -7,6 +7,7 @@ use messaging::Topology;
 use proto::user::v1::{
     CreateUserRequest, CreateUserResponse, user_service_client::UserServiceClient,
 };
+use service_kit::Settings;
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
@@ -14,6 +15,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 /// A running user service and what a test needs around it.
 pub struct TestApp {
+    /// Where the service serves `/metrics`.
+    pub metrics_addr: std::net::SocketAddr,
+    /// Where the service serves gRPC.
+    pub grpc_addr: std::net::SocketAddr,
     pub client: UserServiceClient<Channel>,
     /// The connection the clients share; build other clients (health, reflection) on it.
     pub channel: Channel,
@@ -36,13 +41,24 @@ pub async fn spawn_app() -> TestApp {
 /// The user service against `amqp_url`, which may not be reachable yet; does not wait for
 /// readiness.
 pub async fn spawn_app_with_broker(amqp_url: &str) -> TestApp {
+    spawn_app_with(amqp_url, |_| {}).await
+}
+
+/// The user service against `amqp_url` with settings adjusted by `adjust`; does not wait for
+/// readiness.
+pub async fn spawn_app_with(amqp_url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let sandbox = Sandbox::new();
-    let settings = sandbox.settings("user-service", "users", amqp_url);
+    let mut settings = sandbox.settings("user-service", "users", amqp_url);
+    adjust(&mut settings);
     let application = user_service::build(&settings)
         .await
         .expect("the service starts");
+    let application_metrics_addr = application.metrics_addr();
+    let application_grpc_addr = application.local_addr();
     let service = Running::start(application, user_service::startup::GRPC_SERVICE).await;
     TestApp {
+        metrics_addr: application_metrics_addr,
+        grpc_addr: application_grpc_addr,
         client: UserServiceClient::new(service.channel.clone()),
         channel: service.channel.clone(),
         db: sandbox.pool("users").await,

@@ -9,4 +9,5 @@ mod create_user;
 mod events;
 mod get_user;
 mod helpers;
+mod operability;
 mod serving;
