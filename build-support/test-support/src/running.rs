@@ -12,6 +12,8 @@ use tonic_health::pb::{
 pub struct Running {
     /// A channel to the service's gRPC server; clients share it.
     pub channel: Channel,
+    /// Where the service's gRPC server listens.
+    pub addr: std::net::SocketAddr,
     grpc_service: &'static str,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -32,10 +34,16 @@ impl Running {
             .expect("the gRPC server accepts connections");
         Self {
             channel,
+            addr,
             grpc_service,
             shutdown,
             server: Some(server),
         }
+    }
+
+    /// The gRPC service it serves, e.g. `user.v1.UserService`.
+    pub fn grpc_service(&self) -> &'static str {
+        self.grpc_service
     }
 
     /// What the service's health says about its gRPC service.

@@ -1,5 +1,6 @@
 //! `eventsctl`, the operator CLI of the event bus.
 //!
+//! `eventsctl trace <user_id>` draws one user's flow from the services' read APIs.
 //! `eventsctl dlq list | show | replay | purge` inspects and repairs the dead-letter queues over
 //! plain AMQP (no management plugin needed). Reading a queue never loses a message: messages are
 //! fetched unacknowledged and go back to the queue when the channel closes, except those a
@@ -7,6 +8,7 @@
 
 mod dlq;
 mod payload;
+mod trace;
 
 use std::io::Write;
 
@@ -42,6 +44,36 @@ pub enum Command {
     /// Dead-letter queues: what failed, and what to do about it.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// One user's flow as a timeline: user, order and its status changes, payment, and the time
+    /// each hop took, from the services' read APIs.
+    Trace {
+        /// The user's id, as CreateUser returned it.
+        user_id: String,
+        /// The user service's gRPC address.
+        #[arg(
+            long,
+            env = "USER_SERVICE_ADDR",
+            default_value = "http://127.0.0.1:50051"
+        )]
+        user_addr: String,
+        /// The order service's gRPC address.
+        #[arg(
+            long,
+            env = "ORDER_SERVICE_ADDR",
+            default_value = "http://127.0.0.1:50052"
+        )]
+        order_addr: String,
+        /// The payment service's gRPC address.
+        #[arg(
+            long,
+            env = "PAYMENT_SERVICE_ADDR",
+            default_value = "http://127.0.0.1:50053"
+        )]
+        payment_addr: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +149,23 @@ fn positive_rate(raw: &str) -> Result<f64, String> {
 /// Runs `cli`, writing what it reports to `out`.
 pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let topology = Topology::new(Namespace::parse(&cli.bus_namespace)?);
-    let Command::Dlq(command) = cli.command;
+    let command = match cli.command {
+        Command::Dlq(command) => command,
+        Command::Trace {
+            user_id,
+            user_addr,
+            order_addr,
+            payment_addr,
+            json,
+        } => {
+            let endpoints = trace::Endpoints {
+                user: user_addr,
+                order: order_addr,
+                payment: payment_addr,
+            };
+            return trace::trace(&endpoints, &user_id, json, out).await;
+        }
+    };
     let queue = match &command {
         DlqCommand::Show { filter, .. } | DlqCommand::Replay { filter, .. } => {
             filter.queue.as_deref()

@@ -151,3 +151,57 @@ async fn two_hundred_users_at_once_give_two_hundred_orders_and_payments_exactly_
         USERS
     );
 }
+
+#[tokio::test]
+async fn eventsctl_trace_draws_the_users_flow_from_the_read_apis() {
+    // Arrange
+    let stack = spawn_stack().await;
+    let user = stack.create_user("ada+decline@example.com").await;
+    let order = stack
+        .wait_for_order_status(&user.user_id, OrderStatus::PaymentDeclined)
+        .await;
+    let (user_addr, order_addr, payment_addr) = (
+        stack.address_of("user.v1.UserService"),
+        stack.address_of("order.v1.OrderService"),
+        stack.address_of("payment.v1.PaymentService"),
+    );
+
+    // Act
+    let argv = [
+        "eventsctl",
+        "trace",
+        &user.user_id,
+        "--user-addr",
+        &user_addr,
+        "--order-addr",
+        &order_addr,
+        "--payment-addr",
+        &payment_addr,
+    ];
+    let mut out = Vec::new();
+    eventsctl::run(<eventsctl::Cli as clap::Parser>::parse_from(argv), &mut out)
+        .await
+        .expect("trace succeeds");
+
+    // Assert: four steps in causal order, then the total.
+    let text = String::from_utf8(out).expect("text");
+    let lines: Vec<_> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].contains(&format!(
+            "user {} created: ada+decline@example.com",
+            user.user_id
+        )),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(&format!("order {} created: 9.99 USD", order.order_id)),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("PAYMENT_STATUS_DECLINED (card_declined)"),
+        "{text}"
+    );
+    assert!(lines[3].contains("ORDER_STATUS_PAYMENT_DECLINED"), "{text}");
+    assert!(lines[4].starts_with("total "), "{text}");
+}
