@@ -11,7 +11,10 @@ use lapin::{Connection, ConnectionProperties};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{publisher::Publisher, topology::Topology};
+use crate::{
+    publisher::Publisher,
+    topology::{Subscription, Topology},
+};
 
 /// How often the supervisor checks that the connection is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(250);
@@ -26,6 +29,8 @@ pub struct BusSettings {
     pub topology: Topology,
     /// The producing service's name: AMQP `app_id` and the connection's name.
     pub app_id: String,
+    /// The queues this service consumes: their declaration must succeed.
+    pub owned: Vec<Subscription>,
 }
 
 /// A live connection, with the topology declared.
@@ -122,9 +127,10 @@ async fn connect(settings: &BusSettings) -> Result<Connected, lapin::Error> {
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
     let connection = Connection::connect(&settings.url, properties).await?;
-    let setup = connection.create_channel().await?;
-    settings.topology.declare(&setup).await?;
-    setup.close(200, "topology declared".into()).await?;
+    settings
+        .topology
+        .declare(&connection, &settings.owned)
+        .await?;
     let publisher = Publisher::open(
         &connection,
         settings.topology.exchange(),

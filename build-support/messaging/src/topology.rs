@@ -7,11 +7,12 @@
 //! before its consumer ever ran still waits in that consumer's durable queue.
 
 use lapin::{
-    Channel, ExchangeKind,
+    Channel, Connection, ExchangeKind,
     options::{
         ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
         QueueDeleteOptions,
     },
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString},
 };
 
@@ -134,8 +135,19 @@ impl Topology {
     }
 
     /// Declares exchanges, queues, dead-letter queues and bindings. Idempotent.
+    ///
+    /// Every queue of the system is declared, so an event published before its consumer first
+    /// ran still waits for it. A broker that grants each service only what it needs may refuse a
+    /// service the queues of others (declaring a dead-lettering queue takes read access to it):
+    /// those are skipped, since their consumers declare them. The queues in `owned` (the ones
+    /// this service consumes) must be declared.
     #[tracing::instrument(skip_all, fields(exchange = %self.exchange()), err)]
-    pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    pub async fn declare(
+        &self,
+        connection: &Connection,
+        owned: &[Subscription],
+    ) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..ExchangeDeclareOptions::default()
@@ -156,27 +168,47 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        close(&channel).await;
 
         for subscription in SUBSCRIPTIONS {
-            let queue = self.queue(subscription);
-            let dlq = self.dead_letter_queue(subscription);
-            declare_durable_queue(channel, &dlq, FieldTable::default()).await?;
-            // Dead letters are routed by the name of the queue they died in.
-            bind(channel, &dlq, &self.dead_letter_exchange(), &queue).await?;
-
-            let mut arguments = FieldTable::default();
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(LongString::from(self.dead_letter_exchange())),
-            );
-            arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(LongString::from(queue.clone())),
-            );
-            declare_durable_queue(channel, &queue, arguments).await?;
-            bind(channel, &queue, &self.exchange(), subscription.routing_key).await?;
+            // An access error closes the channel: one channel per queue.
+            let channel = connection.create_channel().await?;
+            match self.declare_subscription(&channel, subscription).await {
+                Ok(()) => close(&channel).await,
+                Err(error) if !owned.contains(subscription) && is_access_refused(&error) => {
+                    tracing::debug!(
+                        queue = %self.queue(subscription),
+                        "not permitted to declare another service's queue; its consumer does"
+                    );
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(())
+    }
+
+    async fn declare_subscription(
+        &self,
+        channel: &Channel,
+        subscription: &Subscription,
+    ) -> Result<(), lapin::Error> {
+        let queue = self.queue(subscription);
+        let dlq = self.dead_letter_queue(subscription);
+        declare_durable_queue(channel, &dlq, FieldTable::default()).await?;
+        // Dead letters are routed by the name of the queue they died in.
+        bind(channel, &dlq, &self.dead_letter_exchange(), &queue).await?;
+
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(LongString::from(self.dead_letter_exchange())),
+        );
+        arguments.insert(
+            "x-dead-letter-routing-key".into(),
+            AMQPValue::LongString(LongString::from(queue.clone())),
+        );
+        declare_durable_queue(channel, &queue, arguments).await?;
+        bind(channel, &queue, &self.exchange(), subscription.routing_key).await
     }
 
     /// Deletes everything [`Topology::declare`] made, messages included. For tests and for
@@ -199,6 +231,18 @@ impl Topology {
         }
         Ok(())
     }
+}
+
+fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+    )
+}
+
+async fn close(channel: &Channel) {
+    let _ = channel.close(200, "declared".into()).await;
 }
 
 async fn declare_durable_queue(

@@ -51,11 +51,13 @@ pub struct ServiceRuntime {
 impl ServiceRuntime {
     /// Creates and migrates the database, starts the bus and the outbox relay, binds the gRPC
     /// listener, and installs health (NOT_SERVING until the broker topology is declared) and
-    /// reflection for `grpc_service`, the full name of the service's gRPC service.
+    /// reflection for `grpc_service`, the full name of the service's gRPC service. `consumes`
+    /// lists the queues the service will consume.
     pub async fn start(
         settings: &Settings,
         migrator: Migrator,
         grpc_service: &'static str,
+        consumes: &[Subscription],
     ) -> anyhow::Result<Self> {
         let pool = database::connect_and_migrate(&settings.database_url, migrator).await?;
 
@@ -66,6 +68,7 @@ impl ServiceRuntime {
                 url: settings.amqp_url.expose_secret().to_owned(),
                 topology: settings.topology.clone(),
                 app_id: settings.service_name.to_owned(),
+                owned: consumes.to_vec(),
             },
             &bus_task,
             bus_stop.clone(),

@@ -182,8 +182,11 @@ pub async fn broker() -> Connection {
 /// A private queue bound to `routing_key` on `topology`'s events exchange (declaring the
 /// topology first, as a service would), and a consumer on it.
 pub async fn capture(amqp: &Connection, topology: &Topology, routing_key: &str) -> Consumer {
+    topology
+        .declare(amqp, messaging::topology::SUBSCRIPTIONS)
+        .await
+        .expect("the topology");
     let channel = amqp.create_channel().await.expect("a channel");
-    topology.declare(&channel).await.expect("the topology");
     let queue = channel
         .queue_declare(
             "".into(),

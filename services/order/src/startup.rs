@@ -20,7 +20,13 @@ const CONSUMER: &str = "order_service";
 /// Migrates the database, connects the bus, starts the relay and both consumers, and binds the
 /// listener.
 pub async fn build(settings: &Settings, prices: PriceList) -> anyhow::Result<Application> {
-    let runtime = ServiceRuntime::start(settings, sqlx::migrate!(), GRPC_SERVICE).await?;
+    let runtime = ServiceRuntime::start(
+        settings,
+        sqlx::migrate!(),
+        GRPC_SERVICE,
+        &[ORDER_SERVICE_USER_CREATED, ORDER_SERVICE_PAYMENT_PROCESSED],
+    )
+    .await?;
     runtime.spawn_consumer(
         CONSUMER,
         ORDER_SERVICE_USER_CREATED,

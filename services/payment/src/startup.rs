@@ -28,7 +28,13 @@ pub async fn build_with_gateway(
     settings: &Settings,
     gateway: impl PaymentGateway,
 ) -> anyhow::Result<Application> {
-    let runtime = ServiceRuntime::start(settings, sqlx::migrate!(), GRPC_SERVICE).await?;
+    let runtime = ServiceRuntime::start(
+        settings,
+        sqlx::migrate!(),
+        GRPC_SERVICE,
+        &[PAYMENT_SERVICE_ORDER_CREATED],
+    )
+    .await?;
     runtime.spawn_consumer(
         CONSUMER,
         PAYMENT_SERVICE_ORDER_CREATED,

@@ -101,8 +101,11 @@ fn order_created() -> Envelope {
 async fn with_dead_letters() -> (Sandbox, lapin::Connection, Vec<Envelope>) {
     let sandbox = Sandbox::new();
     let amqp = test_support::broker().await;
-    let channel = amqp.create_channel().await.expect("channel");
-    sandbox.topology.declare(&channel).await.expect("topology");
+    sandbox
+        .topology
+        .declare(&amqp, messaging::topology::SUBSCRIPTIONS)
+        .await
+        .expect("topology");
     let envelopes = vec![
         user_created("a@example.com"),
         user_created("b@example.com"),

@@ -24,6 +24,7 @@ fn start(sandbox: &Sandbox) -> Child {
         .env("AMQP_URL", test_support::broker_url())
         .env("BUS_NAMESPACE", sandbox.topology.namespace().as_str())
         .env("GRPC_ADDR", "127.0.0.1:0")
+        .env("METRICS_ADDR", "127.0.0.1:0")
         .env("RETRY_DELAYS", TEST_RETRY_DELAYS)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
