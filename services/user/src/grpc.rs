@@ -24,13 +24,13 @@ impl UserApi {
 
 #[tonic::async_trait]
 impl UserService for UserApi {
-    #[tracing::instrument(skip_all, fields(request_id))]
+    #[tracing::instrument(skip_all, fields(correlation_id))]
     async fn create_user(
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<CreateUserResponse>, Status> {
         let context = request_context::event_context(request.metadata())?;
-        tracing::Span::current().record("request_id", context.correlation_id.as_str());
+        tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = NewUser::parse(request.get_ref()).map_err(ApiError::InvalidArgument)?;
         let user = repository::create(&self.pool, &new_user, &context).await?;
         Ok(Response::new(CreateUserResponse {

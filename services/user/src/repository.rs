@@ -41,7 +41,7 @@ impl TryFrom<UserRow> for User {
 
 /// Creates the user and queues its `user_created` event in the same transaction. With a
 /// `request_id` that was seen before, returns the user that request created instead.
-#[tracing::instrument(skip_all, fields(correlation_id = %context.correlation_id), err(Debug))]
+#[tracing::instrument(skip_all, err(Debug))]
 pub async fn create(
     pool: &PgPool,
     new_user: &NewUser,
