@@ -6,10 +6,9 @@ use std::sync::Arc;
 use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id, outbox};
 use proto::order::v1::OrderCreated;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use crate::{
-    domain::{Payment, PaymentStatus},
+    domain::{NewPayment, PaymentStatus},
     gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway},
     repository,
 };
@@ -64,15 +63,13 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
 
         let payment = repository::insert(
             &mut *tx,
-            &Payment {
-                payment_id: Uuid::now_v7(),
+            &NewPayment {
                 order_id,
                 user_id,
                 amount_minor: event.amount_minor,
                 currency: event.currency.clone(),
                 status,
                 decline_reason,
-                create_time: chrono::Utc::now(),
             },
         )
         .await?;

@@ -8,7 +8,7 @@ use service_kit::{
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::{Payment, PaymentStatus};
+use crate::domain::{NewPayment, Payment, PaymentStatus};
 
 const COLUMNS: &str =
     "payment_id, order_id, user_id, amount_minor, currency, status, decline_reason, create_time";
@@ -59,10 +59,10 @@ pub async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sql
     Ok(())
 }
 
-/// Stores a payment. The caller holds [`lock_order`], so the order has none yet.
+/// Stores a payment with a new id. The caller holds [`lock_order`], so the order has none yet.
 pub async fn insert(
     executor: impl PgExecutor<'_>,
-    payment: &Payment,
+    payment: &NewPayment,
 ) -> Result<Payment, RepositoryError> {
     let row: PaymentRow = sqlx::query_as(&format!(
         "insert into payments \
@@ -70,7 +70,7 @@ pub async fn insert(
          values ($1, $2, $3, $4, $5, $6, $7) \
          returning {COLUMNS}"
     ))
-    .bind(payment.payment_id)
+    .bind(Uuid::now_v7())
     .bind(payment.order_id)
     .bind(payment.user_id)
     .bind(payment.amount_minor)

@@ -2,4 +2,4 @@
 
 mod payment;
 
-pub use payment::{Payment, PaymentStatus};
+pub use payment::{NewPayment, Payment, PaymentStatus};

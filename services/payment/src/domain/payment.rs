@@ -36,6 +36,17 @@ impl PaymentStatus {
     }
 }
 
+/// The outcome of charging an order, to be stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayment {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub status: PaymentStatus,
+    pub decline_reason: Option<String>,
+}
+
 /// A payment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
