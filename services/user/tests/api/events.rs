@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use lapin::{
-    options::QueueBindOptions,
-    types::{AMQPValue, FieldTable},
-};
+use lapin::types::{AMQPValue, FieldTable};
 use messaging::{TraceParent, topology::SUBSCRIPTIONS};
 use prost::Message;
 use proto::user::v1::{CreateUserRequest, UserCreated};
@@ -183,18 +180,8 @@ async fn rejected_and_replayed_calls_publish_nothing_more() {
 async fn an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound() {
     // Arrange: nothing is bound to user_created in this namespace.
     let app = spawn_app().await;
-    let channel = app.amqp.create_channel().await.expect("channel");
-    let work_queue = app.topology().queue(&SUBSCRIPTIONS[0]);
     assert_eq!(SUBSCRIPTIONS[0].routing_key, "user_created");
-    channel
-        .queue_unbind(
-            work_queue.clone().into(),
-            app.topology().exchange().into(),
-            "user_created".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
+    app.route_user_created(false).await;
 
     // Act
     app.create_user("ada@example.com", "Ada")
@@ -219,16 +206,7 @@ async fn an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound() {
 
     // Act: a consumer's queue appears.
     let mut events = app.capture("user_created").await;
-    channel
-        .queue_bind(
-            work_queue.into(),
-            app.topology().exchange().into(),
-            "user_created".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    app.route_user_created(true).await;
 
     // Assert: the retry delivers it, and the row goes.
     let delivery = next_delivery(&mut events).await;

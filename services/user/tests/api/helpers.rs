@@ -119,6 +119,39 @@ impl TestApp {
         test_support::capture(&self.amqp, self.topology(), routing_key).await
     }
 
+    /// Binds (`true`) or unbinds (`false`) the order service's queue to `user_created`, the only
+    /// route of that event in the namespace: unbound, the broker returns every `user_created`.
+    pub async fn route_user_created(&self, routed: bool) {
+        use lapin::{options::QueueBindOptions, types::FieldTable};
+        let channel = self.amqp.create_channel().await.expect("channel");
+        let queue = self
+            .topology()
+            .queue(&messaging::topology::ORDER_SERVICE_USER_CREATED);
+        let exchange = self.topology().exchange();
+        if routed {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    "user_created".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("bind");
+        } else {
+            channel
+                .queue_unbind(
+                    queue.into(),
+                    exchange.into(),
+                    "user_created".into(),
+                    FieldTable::default(),
+                )
+                .await
+                .expect("unbind");
+        }
+    }
+
     /// Rows waiting in the service's outbox.
     pub async fn outbox_rows(&self) -> i64 {
         messaging::outbox::pending(&self.db)

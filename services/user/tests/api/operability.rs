@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use lapin::{options::QueueBindOptions, types::FieldTable};
-use messaging::topology::ORDER_SERVICE_USER_CREATED;
 use test_support::{eventually, http_get, metric_value};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -92,17 +90,7 @@ async fn health_is_not_serving_while_the_outbox_does_not_drain() {
     })
     .await;
     app.wait_for_health(ServingStatus::Serving).await;
-    let channel = app.amqp.create_channel().await.expect("channel");
-    let work_queue = app.topology().queue(&ORDER_SERVICE_USER_CREATED);
-    channel
-        .queue_unbind(
-            work_queue.clone().into(),
-            app.topology().exchange().into(),
-            "user_created".into(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("unbind");
+    app.route_user_created(false).await;
 
     // Act
     app.create_user("ada@example.com", "Ada")
@@ -121,16 +109,7 @@ async fn health_is_not_serving_while_the_outbox_does_not_drain() {
         .is_some(),
         "{metrics}"
     );
-    channel
-        .queue_bind(
-            work_queue.into(),
-            app.topology().exchange().into(),
-            "user_created".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    app.route_user_created(true).await;
     eventually(|| async { app.outbox_rows().await == 0 }).await;
     app.wait_for_health(ServingStatus::Serving).await;
 }
