@@ -26,6 +26,7 @@ use proto::Event;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -36,7 +37,7 @@ use crate::{
     publisher::Publisher,
     retry::{self, Failure, FailureKind, RetryPolicy},
     topology::Subscription,
-    trace_context::TraceParent,
+    trace_context::{self, TraceParent},
 };
 
 /// Largest payload a consumer accepts; anything bigger is dead-lettered undecoded.
@@ -54,19 +55,20 @@ pub struct Incoming<E> {
     pub correlation_id: String,
     /// What caused this event, if the producer said.
     pub causation_id: Option<String>,
-    /// This hop's trace context: the producer's, continued.
+    /// The producer's trace context (a new trace when it sent none): this hop's parent.
     pub traceparent: TraceParent,
     /// Whether the broker delivered it before.
     pub redelivered: bool,
 }
 
 impl<E> Incoming<E> {
-    /// The context of the events this one causes: the same flow, caused by this message.
+    /// The context of the events this one causes: the same flow, caused by this message, in the
+    /// current span's trace (a child of the producer's without OpenTelemetry).
     pub fn caused_context(&self) -> EventContext {
         EventContext {
             correlation_id: self.correlation_id.clone(),
             causation_id: self.message_id.to_string(),
-            traceparent: self.traceparent.child(),
+            traceparent: trace_context::current().unwrap_or_else(|| self.traceparent.child()),
         }
     }
 }
@@ -169,7 +171,10 @@ pub fn decode<E: Event>(delivery: &Delivery) -> Result<Incoming<E>, DecodeError>
             .map(|c| c.to_string())
             .unwrap_or_else(|| message_id.to_string()),
         causation_id: header(CAUSATION_ID_HEADER),
-        traceparent: TraceParent::continue_from(header(TRACEPARENT_HEADER).as_deref()),
+        traceparent: header(TRACEPARENT_HEADER)
+            .as_deref()
+            .and_then(TraceParent::parse)
+            .unwrap_or_else(TraceParent::new_root),
         redelivered: delivery.redelivered,
     })
 }
@@ -352,17 +357,12 @@ impl<H: Handler> EventConsumer<H> {
         Ok(session)
     }
 
-    #[tracing::instrument(
-        skip_all,
-        fields(consumer = self.name, message_id, correlation_id, redelivered = delivery.redelivered)
-    )]
     async fn process(&self, delivery: Delivery, publisher: &Publisher) {
-        tracing::debug!(bytes = delivery.data.len(), "delivery received");
         let attempts = retry::attempts(&delivery);
         let message = match decode::<H::Event>(&delivery) {
             Ok(message) => message,
             Err(error) => {
-                tracing::warn!(%error, "undecodable message; dead-lettering it");
+                tracing::warn!(consumer = self.name, %error, "undecodable message; dead-lettering it");
                 metrics::counter!(
                     "events_consumed_total",
                     "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => "undecodable"
@@ -379,18 +379,36 @@ impl<H: Handler> EventConsumer<H> {
                 return;
             }
         };
-        let span = tracing::Span::current();
-        span.record("message_id", tracing::field::display(message.message_id));
-        span.record("correlation_id", message.correlation_id.as_str());
+        // The span continues the producer's trace; everything the handler logs carries the ids.
+        let span = tracing::info_span!(
+            "process",
+            consumer = self.name,
+            event_type = H::Event::TYPE_NAME,
+            message_id = %message.message_id,
+            correlation_id = %message.correlation_id,
+            redelivered = delivery.redelivered,
+        );
+        trace_context::set_parent(&span, &message.traceparent);
+        self.apply_and_settle(&delivery, publisher, message, attempts)
+            .instrument(span)
+            .await;
+    }
 
+    async fn apply_and_settle(
+        &self,
+        delivery: &Delivery,
+        publisher: &Publisher,
+        message: Incoming<H::Event>,
+        attempts: u32,
+    ) {
         let started = std::time::Instant::now();
         let applied = self.apply(&message).await;
         self.observe(&message, started.elapsed(), &applied);
         match applied {
-            Ok(Outcome::Applied) => settle(ack(&delivery)).await,
+            Ok(Outcome::Applied) => settle(ack(delivery)).await,
             Ok(Outcome::Duplicate) => {
                 tracing::info!("duplicate message; acknowledged without effect");
-                settle(ack(&delivery)).await;
+                settle(ack(delivery)).await;
             }
             Err(HandlerError::Permanent(error)) => {
                 tracing::error!(
@@ -398,7 +416,7 @@ impl<H: Handler> EventConsumer<H> {
                     "cannot apply message; dead-lettering it"
                 );
                 self.dead_letter(
-                    &delivery,
+                    delivery,
                     publisher,
                     FailureKind::Permanent,
                     attempts + 1,
@@ -416,7 +434,7 @@ impl<H: Handler> EventConsumer<H> {
                             ?delay,
                             "transient failure; retrying later"
                         );
-                        self.retry_later(&delivery, publisher, attempt, delay, &error)
+                        self.retry_later(delivery, publisher, attempt, delay, &error)
                             .await;
                     }
                     None => {
@@ -426,7 +444,7 @@ impl<H: Handler> EventConsumer<H> {
                             "transient failure, out of retries; dead-lettering it"
                         );
                         self.dead_letter(
-                            &delivery,
+                            delivery,
                             publisher,
                             FailureKind::RetriesExhausted,
                             attempt,
@@ -442,7 +460,7 @@ impl<H: Handler> EventConsumer<H> {
                     "dependency unavailable; requeueing"
                 );
                 tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                settle(requeue(&delivery)).await;
+                settle(requeue(delivery)).await;
             }
         }
     }

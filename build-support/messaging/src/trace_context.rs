@@ -1,4 +1,5 @@
-//! W3C Trace Context `traceparent` values, carried from a request into every event it causes.
+//! W3C Trace Context `traceparent` values, carried from a request into every event it causes,
+//! and their link to the spans of the OpenTelemetry layer when one is installed.
 
 use std::fmt;
 
@@ -71,6 +72,39 @@ impl fmt::Display for TraceParent {
             self.trace_id, self.span_id, self.flags
         )
     }
+}
+
+/// The current span's trace context, when an OpenTelemetry layer records spans (`None` otherwise,
+/// or outside any span).
+pub fn current() -> Option<TraceParent> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| TraceParent {
+        trace_id: u128::from_be_bytes(span_context.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(span_context.span_id().to_bytes()),
+        flags: span_context.trace_flags().to_u8(),
+    })
+}
+
+/// Makes `span` (not yet entered) a child of the remote span `parent`, so its trace continues
+/// the producer's. Without an OpenTelemetry layer this does nothing.
+pub fn set_parent(span: &tracing::Span, parent: &TraceParent) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let remote = SpanContext::new(
+        TraceId::from_bytes(parent.trace_id.to_be_bytes()),
+        SpanId::from_bytes(parent.span_id.to_be_bytes()),
+        TraceFlags::new(parent.flags),
+        true,
+        TraceState::default(),
+    );
+    // Fails only when no OpenTelemetry layer is installed: then there is nothing to link.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
 }
 
 fn nonzero_random() -> u128 {

@@ -1,7 +1,7 @@
 //! The context a gRPC call gives the events it causes: its `x-request-id` becomes their
 //! `correlation_id` (and the first event's `causation_id`), its `traceparent` their trace.
 
-use messaging::{EventContext, TraceParent};
+use messaging::{EventContext, TraceParent, trace_context};
 use tonic::metadata::MetadataMap;
 
 use crate::error::{ApiError, Violation};
@@ -13,7 +13,9 @@ pub const TRACEPARENT: &str = "traceparent";
 /// Longest accepted request id; it travels as an AMQP short string.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// The event context of a call.
+/// The event context of a call: its events continue the current span's trace (which
+/// [`TraceContextLayer`] made a child of the caller's), or, without OpenTelemetry, the caller's
+/// `traceparent`.
 pub fn event_context(metadata: &MetadataMap) -> Result<EventContext, ApiError> {
     let request_id = request_id(metadata)?;
     let traceparent = metadata
@@ -22,8 +24,65 @@ pub fn event_context(metadata: &MetadataMap) -> Result<EventContext, ApiError> {
     Ok(EventContext {
         correlation_id: request_id.clone(),
         causation_id: request_id,
-        traceparent: TraceParent::continue_from(traceparent),
+        traceparent: trace_context::current()
+            .unwrap_or_else(|| TraceParent::continue_from(traceparent)),
     })
+}
+
+/// Opens a span per gRPC call, with the caller's `traceparent` as its remote parent, so the
+/// call and the events it causes join the caller's trace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContextLayer;
+
+impl<S> tower::Layer<S> for TraceContextLayer {
+    type Service = TraceContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceContext { inner }
+    }
+}
+
+/// The service [`TraceContextLayer`] wraps around the server.
+#[derive(Debug, Clone)]
+pub struct TraceContext<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TraceContext<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        use tracing::Instrument;
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let span = tracing::info_span!(
+            "grpc_request",
+            method = %request.uri().path(),
+            correlation_id = %header(REQUEST_ID),
+        );
+        if let Some(parent) = TraceParent::parse(&header(TRACEPARENT)) {
+            trace_context::set_parent(&span, &parent);
+        }
+        self.inner.call(request).instrument(span)
+    }
 }
 
 /// The call's request id: what the client sent, or what the server generated.

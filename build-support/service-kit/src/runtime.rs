@@ -224,7 +224,9 @@ impl ServiceRuntime {
                     .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                         MakeRequestUuid,
                     ))
-                    .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id()),
+                    .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
+                    // Inside the request-id layer, so the span sees the (generated) id.
+                    .layer(crate::request_context::TraceContextLayer),
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(

@@ -39,8 +39,11 @@ pub const TEST_RETRY_DELAYS: &str = "100ms,200ms,400ms";
 
 /// With `TEST_LOG` set (a `RUST_LOG`-style filter), the services' logs go to the test output.
 fn init_logs() {
-    if let Ok(filter) = std::env::var("TEST_LOG") {
-        let _ = service_kit::telemetry::init(&filter, LogFormat::Text);
+    if let Ok(filter) = std::env::var("TEST_LOG")
+        && let Ok(guard) = service_kit::telemetry::init(&filter, LogFormat::Text, "test")
+    {
+        // The subscriber lives as long as the test process.
+        std::mem::forget(guard);
     }
 }
 

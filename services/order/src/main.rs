@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ServiceCommand::Healthcheck) = cli.command {
         return healthcheck::check(settings.grpc_addr).await;
     }
-    telemetry::init(&settings.rust_log, settings.log_format)?;
+    let _telemetry = telemetry::init(&settings.rust_log, settings.log_format, DEFAULTS.name)?;
     let application = order_service::build(&settings, prices)
         .await
         .context("order-service failed to start")?;

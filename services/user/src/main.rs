@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ServiceCommand::Healthcheck) = cli.command {
         return healthcheck::check(settings.grpc_addr).await;
     }
-    telemetry::init(&settings.rust_log, settings.log_format)?;
+    let _telemetry = telemetry::init(&settings.rust_log, settings.log_format, DEFAULTS.name)?;
     let application = user_service::build(&settings)
         .await
         .context("user-service failed to start")?;
