@@ -1,6 +1,7 @@
 //! `eventsctl`, the operator CLI of the event bus.
 //!
-//! `eventsctl trace <user_id>` draws one user's flow from the services' read APIs.
+//! `eventsctl trace <user_id | correlation_id>` draws one user's flow from the services' read
+//! APIs.
 //! `eventsctl dlq list | show | replay | purge` inspects and repairs the dead-letter queues over
 //! plain AMQP (no management plugin needed). Reading a queue never loses a message: messages are
 //! fetched unacknowledged and go back to the queue when the channel closes, except those a
@@ -47,8 +48,9 @@ pub enum Command {
     /// One user's flow as a timeline: user, order and its status changes, payment, and the time
     /// each hop took, from the services' read APIs.
     Trace {
-        /// The user's id, as CreateUser returned it.
-        user_id: String,
+        /// The user's id, as CreateUser returned it, or the flow's correlation id (the
+        /// x-request-id of the CreateUser call).
+        id: String,
         /// The user service's gRPC address.
         #[arg(
             long,
@@ -152,7 +154,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let command = match cli.command {
         Command::Dlq(command) => command,
         Command::Trace {
-            user_id,
+            id,
             user_addr,
             order_addr,
             payment_addr,
@@ -163,7 +165,7 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
                 order: order_addr,
                 payment: payment_addr,
             };
-            return trace::trace(&endpoints, &user_id, json, out).await;
+            return trace::trace(&endpoints, &id, json, out).await;
         }
     };
     let queue = match &command {

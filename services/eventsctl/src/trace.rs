@@ -1,4 +1,5 @@
-//! `eventsctl trace`: one user's flow as a timeline, from the three services' read APIs.
+//! `eventsctl trace`: one user's flow as a timeline, from the three services' read APIs, found by
+//! user id or by the flow's correlation id.
 
 use std::io::Write;
 
@@ -9,10 +10,10 @@ use proto::{
     payment::v1::{
         ListPaymentsRequest, PaymentStatus, payment_service_client::PaymentServiceClient,
     },
-    user::v1::{GetUserRequest, user_service_client::UserServiceClient},
+    user::v1::{GetUserRequest, ListUsersRequest, User, user_service_client::UserServiceClient},
 };
 use serde_json::json;
-use tonic::transport::Channel;
+use tonic::{Code, transport::Channel};
 
 /// Where the services' gRPC APIs are.
 #[derive(Debug, Clone)]
@@ -42,22 +43,47 @@ fn time(timestamp: Option<prost_types::Timestamp>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(timestamp.seconds, u32::try_from(timestamp.nanos).ok()?)
 }
 
-/// Prints the timeline of `user_id`'s flow to `out`, as text or as JSON.
+/// The user `id` names: a user id, or else the correlation id of the user's CreateUser call.
+async fn find_user(users: Channel, id: &str) -> anyhow::Result<User> {
+    let mut client = UserServiceClient::new(users);
+    let by_id = client
+        .get_user(GetUserRequest {
+            user_id: id.to_owned(),
+        })
+        .await;
+    match by_id {
+        Ok(response) => response
+            .into_inner()
+            .user
+            .context("the user service returned no user"),
+        Err(status) if matches!(status.code(), Code::NotFound | Code::InvalidArgument) => client
+            .list_users(ListUsersRequest {
+                correlation_id: id.to_owned(),
+                ..ListUsersRequest::default()
+            })
+            .await
+            .map_err(|status| {
+                anyhow::anyhow!("users of correlation id {id}: {}", status.message())
+            })?
+            .into_inner()
+            .users
+            .into_iter()
+            .next()
+            .with_context(|| format!("no user has the id or the correlation id {id:?}")),
+        Err(status) => Err(anyhow::anyhow!("user {id}: {}", status.message())),
+    }
+}
+
+/// Prints the timeline of the flow of the user `id` names (a user id or a correlation id) to
+/// `out`, as text or as JSON.
 pub(crate) async fn trace(
     endpoints: &Endpoints,
-    user_id: &str,
+    id: &str,
     json_output: bool,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let user = UserServiceClient::new(connect(&endpoints.user, "user service").await?)
-        .get_user(GetUserRequest {
-            user_id: user_id.to_owned(),
-        })
-        .await
-        .map_err(|status| anyhow::anyhow!("user {user_id}: {}", status.message()))?
-        .into_inner()
-        .user
-        .context("the user service returned no user")?;
+    let user = find_user(connect(&endpoints.user, "user service").await?, id).await?;
+    let user_id = user.user_id.as_str();
     let orders = OrderServiceClient::new(connect(&endpoints.order, "order service").await?)
         .list_orders(ListOrdersRequest {
             user_id: user_id.to_owned(),

@@ -1,10 +1,15 @@
 //! The `user.v1.UserService` gRPC API: converts protobuf to domain types at the edge.
 
 use proto::user::v1::{
-    CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse,
-    user_service_server::UserService,
+    CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest,
+    ListUsersResponse, user_service_server::UserService,
 };
-use service_kit::{ApiError, error::parse_uuid, request_context};
+use service_kit::{
+    ApiError,
+    error::{Violation, parse_uuid},
+    pagination::{self, PageToken},
+    request_context,
+};
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -50,6 +55,40 @@ impl UserService for UserApi {
             .ok_or_else(|| ApiError::NotFound(format!("no user with id {user_id}")))?;
         Ok(Response::new(GetUserResponse {
             user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(correlation_id = %request.get_ref().correlation_id))]
+    async fn list_users(
+        &self,
+        request: Request<ListUsersRequest>,
+    ) -> Result<Response<ListUsersResponse>, Status> {
+        let request = request.get_ref();
+        let mut violations = Vec::new();
+        let correlation_id = request.correlation_id.trim();
+        if correlation_id.is_empty() {
+            violations.push(Violation::new("correlation_id", "is required"));
+        }
+        let page_size = pagination::page_size(request.page_size)
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        let after = PageToken::decode(&request.page_token)
+            .map_err(|violation| violations.push(violation))
+            .ok()
+            .flatten();
+        let Some(page_size) = page_size.filter(|_| violations.is_empty()) else {
+            return Err(ApiError::InvalidArgument(violations).into());
+        };
+        let rows =
+            repository::list_by_correlation_id(&self.pool, correlation_id, after, page_size + 1)
+                .await?;
+        let (users, next_page_token) = pagination::paginate(rows, page_size, |user| PageToken {
+            create_time: user.create_time,
+            id: user.user_id,
+        });
+        Ok(Response::new(ListUsersResponse {
+            users: users.into_iter().map(Into::into).collect(),
+            next_page_token,
         }))
     }
 }

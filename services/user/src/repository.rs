@@ -1,7 +1,7 @@
 //! The `users` table. A user and its `user_created` event are written in one transaction.
 
 use messaging::{Envelope, EventContext, outbox};
-use service_kit::ApiError;
+use service_kit::{ApiError, pagination::PageToken};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -10,6 +10,8 @@ use crate::domain::{NewUser, Plan, User};
 /// The unique index on `lower(email)`.
 const EMAIL_KEY: &str = "users_email_key";
 
+const COLUMNS: &str = "user_id, email, name, plan, create_time, correlation_id";
+
 #[derive(sqlx::FromRow)]
 struct UserRow {
     user_id: Uuid,
@@ -17,6 +19,7 @@ struct UserRow {
     name: String,
     plan: String,
     create_time: chrono::DateTime<chrono::Utc>,
+    correlation_id: Option<String>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -35,6 +38,7 @@ impl TryFrom<UserRow> for User {
             name: row.name,
             plan,
             create_time: row.create_time,
+            correlation_id: row.correlation_id,
         })
     }
 }
@@ -52,16 +56,17 @@ pub async fn create(
     }
 
     let mut tx = pool.begin().await?;
-    let inserted = sqlx::query_as::<_, UserRow>(
-        "insert into users (user_id, email, name, plan, request_id) \
-         values ($1, $2, $3, $4, $5) \
-         returning user_id, email, name, plan, create_time",
-    )
+    let inserted = sqlx::query_as::<_, UserRow>(&format!(
+        "insert into users (user_id, email, name, plan, request_id, correlation_id) \
+         values ($1, $2, $3, $4, $5, $6) \
+         returning {COLUMNS}"
+    ))
     .bind(Uuid::new_v4())
     .bind(new_user.email.as_str())
     .bind(new_user.name.as_str())
     .bind(new_user.plan.as_str())
     .bind(new_user.request_id)
+    .bind(&context.correlation_id)
     .fetch_one(&mut *tx)
     .await;
 
@@ -94,14 +99,12 @@ pub async fn create(
 /// The user with this id, if any.
 #[tracing::instrument(skip(executor), err(Debug))]
 pub async fn find(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option<User>, ApiError> {
-    sqlx::query_as::<_, UserRow>(
-        "select user_id, email, name, plan, create_time from users where user_id = $1",
-    )
-    .bind(user_id)
-    .fetch_optional(executor)
-    .await?
-    .map(User::try_from)
-    .transpose()
+    sqlx::query_as::<_, UserRow>(&format!("select {COLUMNS} from users where user_id = $1"))
+        .bind(user_id)
+        .fetch_optional(executor)
+        .await?
+        .map(User::try_from)
+        .transpose()
 }
 
 /// The user an earlier call with the same `request_id` created, if any.
@@ -109,12 +112,37 @@ async fn replayed(pool: &PgPool, new_user: &NewUser) -> Result<Option<User>, Api
     let Some(request_id) = new_user.request_id else {
         return Ok(None);
     };
-    sqlx::query_as::<_, UserRow>(
-        "select user_id, email, name, plan, create_time from users where request_id = $1",
-    )
+    sqlx::query_as::<_, UserRow>(&format!(
+        "select {COLUMNS} from users where request_id = $1"
+    ))
     .bind(request_id)
     .fetch_optional(pool)
     .await?
     .map(User::try_from)
     .transpose()
+}
+
+/// Up to `limit` users whose CreateUser call had `correlation_id`, after `after`, oldest first.
+pub async fn list_by_correlation_id(
+    executor: impl PgExecutor<'_>,
+    correlation_id: &str,
+    after: Option<PageToken>,
+    limit: i64,
+) -> Result<Vec<User>, ApiError> {
+    sqlx::query_as::<_, UserRow>(&format!(
+        "select {COLUMNS} from users \
+         where correlation_id = $1 \
+           and ($2::timestamptz is null or (create_time, user_id) > ($2, $3)) \
+         order by create_time, user_id \
+         limit $4"
+    ))
+    .bind(correlation_id)
+    .bind(after.map(|token| token.create_time))
+    .bind(after.map(|token| token.id))
+    .bind(limit)
+    .fetch_all(executor)
+    .await?
+    .into_iter()
+    .map(User::try_from)
+    .collect()
 }

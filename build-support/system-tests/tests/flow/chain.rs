@@ -166,25 +166,36 @@ async fn eventsctl_trace_draws_the_users_flow_from_the_read_apis() {
         stack.address_of("payment.v1.PaymentService"),
     );
 
-    // Act
-    let argv = [
-        "eventsctl",
-        "trace",
-        &user.user_id,
-        "--user-addr",
-        &user_addr,
-        "--order-addr",
-        &order_addr,
-        "--payment-addr",
-        &payment_addr,
-    ];
-    let mut out = Vec::new();
-    eventsctl::run(<eventsctl::Cli as clap::Parser>::parse_from(argv), &mut out)
-        .await
-        .expect("trace succeeds");
+    let trace = |id: String| {
+        let (user_addr, order_addr, payment_addr) =
+            (user_addr.clone(), order_addr.clone(), payment_addr.clone());
+        async move {
+            let argv = [
+                "eventsctl".to_owned(),
+                "trace".to_owned(),
+                id,
+                "--user-addr".to_owned(),
+                user_addr,
+                "--order-addr".to_owned(),
+                order_addr,
+                "--payment-addr".to_owned(),
+                payment_addr,
+            ];
+            let mut out = Vec::new();
+            eventsctl::run(<eventsctl::Cli as clap::Parser>::parse_from(argv), &mut out)
+                .await
+                .expect("trace succeeds");
+            String::from_utf8(out).expect("text")
+        }
+    };
+
+    // Act: by user id, and by the flow's correlation id.
+    let text = trace(user.user_id.clone()).await;
+    let by_correlation = trace(user.correlation_id.clone()).await;
 
     // Assert: four steps in causal order, then the total.
-    let text = String::from_utf8(out).expect("text");
+    assert!(!user.correlation_id.is_empty());
+    assert_eq!(by_correlation, text);
     let lines: Vec<_> = text.lines().collect();
     assert_eq!(lines.len(), 5, "{text}");
     assert!(

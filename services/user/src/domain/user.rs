@@ -15,6 +15,8 @@ pub struct User {
     pub name: String,
     pub plan: Plan,
     pub create_time: DateTime<Utc>,
+    /// The x-request-id of the CreateUser call, when it was recorded.
+    pub correlation_id: Option<String>,
 }
 
 impl User {
@@ -38,6 +40,7 @@ impl From<User> for pb::User {
             name: user.name,
             plan: user.plan.to_proto().into(),
             create_time: Some(timestamp(user.create_time)),
+            correlation_id: user.correlation_id.unwrap_or_default(),
         }
     }
 }
