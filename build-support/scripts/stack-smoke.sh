@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# CI's check of the generated Python client: generates it, starts the local stack (in its own
-# bus namespace), waits until all three services are healthy, runs the Python example
-# (CreateUser, then ListOrders until the order is paid), and stops the stack.
+# CI's checks against the running local stack: generates the Python client, starts the stack (in
+# its own bus namespace), waits until all three services are healthy, runs the Python example
+# (CreateUser, then ListOrders until the order is paid), then a short loadgen run that fails
+# unless every accepted user got exactly one payment_processed, and stops the stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 build-support/scripts/python-client.sh target/python-client
+cargo build -p loadgen
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/event-driven-tools/python-venv"
 
 # A fixed namespace: each run reuses the same queues instead of leaving new ones behind.
@@ -31,10 +33,13 @@ for _ in $(seq 1 300); do
   sleep 1
 done
 if ! $ready; then
-  echo "[python-smoke] the stack did not become healthy; its log:" >&2
+  echo "[stack-smoke] the stack did not become healthy; its log:" >&2
   tail -n 50 "$log" >&2
   exit 1
 fi
 
 PYTHONPATH=target/python-client "$venv/bin/python" build-support/python-client/example.py
-echo "[python-smoke] the Python client created a user and saw the order paid" >&2
+echo "[stack-smoke] the Python client created a user and saw the order paid" >&2
+
+target/debug/loadgen --users 300 --concurrency 16
+echo "[stack-smoke] loadgen: 300 flows, each user paid exactly once" >&2

@@ -1,0 +1,243 @@
+//! `loadgen`: drives `CreateUser` at a given concurrency against a running stack, watches
+//! `payment_processed` on a private queue, and reports accepted calls and completed flows per
+//! second, RPC and end-to-end latency percentiles, and whether every accepted user got exactly
+//! one `payment_processed`. Exits 1 when the consistency check fails.
+
+mod report;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::StreamExt;
+use lapin::{
+    Connection, ConnectionProperties,
+    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+};
+use messaging::{Namespace, Topology};
+use prost::Message;
+use proto::{
+    payment::v1::PaymentProcessed,
+    user::v1::{CreateUserRequest, Plan, user_service_client::UserServiceClient},
+};
+
+use crate::report::Report;
+
+/// Load a running stack and measure it.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+struct Cli {
+    /// Concurrent CreateUser calls.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// How many users to create (unless --duration is given).
+    #[arg(long, short = 'n', default_value_t = 1000)]
+    users: u64,
+    /// Create users for this many seconds instead of a fixed number.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// How long to wait for the last flows to complete.
+    #[arg(long, default_value_t = 60)]
+    drain_timeout: u64,
+    /// The user service.
+    #[arg(
+        long,
+        env = "USER_SERVICE_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    user_addr: String,
+    /// The broker the stack uses.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+    /// The stack's BUS_NAMESPACE.
+    #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
+    bus_namespace: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What the run observed, per user.
+#[derive(Debug, Default)]
+struct Observations {
+    /// user_id → when its CreateUser was sent.
+    sent: HashMap<String, Instant>,
+    /// user_id → when each of its payment_processed arrived.
+    completed: HashMap<String, Vec<Instant>>,
+    rpc_latencies: Vec<Duration>,
+    rejected: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let topology = Topology::new(Namespace::parse(&cli.bus_namespace)?);
+    let observations = Arc::new(Mutex::new(Observations::default()));
+
+    // Watch payment_processed on a private queue before creating anyone.
+    let amqp = Connection::connect(&cli.amqp_url, ConnectionProperties::default())
+        .await
+        .context("cannot reach RabbitMQ")?;
+    let channel = amqp.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.exchange().into(),
+            "payment_processed".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .context(
+            "cannot bind to the events exchange: is the stack running, with this BUS_NAMESPACE?",
+        )?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.name().clone(),
+            "loadgen".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let watcher = {
+        let observations = observations.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = deliveries.next().await {
+                let arrived = Instant::now();
+                if let Ok(event) = PaymentProcessed::decode(delivery.data.as_slice()) {
+                    observations
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .completed
+                        .entry(event.user_id)
+                        .or_default()
+                        .push(arrived);
+                }
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+        })
+    };
+
+    // Drive CreateUser.
+    let users = UserServiceClient::connect(cli.user_addr.clone())
+        .await
+        .with_context(|| format!("cannot reach the user service at {}", cli.user_addr))?;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let started = Instant::now();
+    let deadline = cli.duration.map(|secs| started + Duration::from_secs(secs));
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = (0..cli.concurrency.max(1)).map(|_| {
+        let (mut users, observations, next, run) = (
+            users.clone(),
+            observations.clone(),
+            next.clone(),
+            run.clone(),
+        );
+        let limit = if deadline.is_some() {
+            u64::MAX
+        } else {
+            cli.users
+        };
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
+                    return;
+                }
+                let sent = Instant::now();
+                let outcome = users
+                    .create_user(CreateUserRequest {
+                        email: format!("loadgen-{run}-{i}@example.com"),
+                        name: format!("Load {i}"),
+                        plan: Plan::Basic.into(),
+                        request_id: uuid::Uuid::new_v4().to_string(),
+                    })
+                    .await;
+                let mut observations = observations.lock().unwrap_or_else(|e| e.into_inner());
+                match outcome {
+                    Ok(response) => {
+                        observations.rpc_latencies.push(sent.elapsed());
+                        if let Some(user) = response.into_inner().user {
+                            observations.sent.insert(user.user_id, sent);
+                        }
+                    }
+                    Err(_) => observations.rejected += 1,
+                }
+            }
+        }
+    });
+    let progress = report::progress(observations.clone(), started);
+    tokio::select! {
+        _ = futures_util::future::join_all(workers) => {}
+        _ = progress => {}
+    }
+    let created_in = started.elapsed();
+
+    // Drain: wait until every accepted user completed, or the timeout.
+    let drain_deadline = Instant::now() + Duration::from_secs(cli.drain_timeout);
+    loop {
+        let done = {
+            let observations = observations.lock().unwrap_or_else(|e| e.into_inner());
+            observations
+                .sent
+                .keys()
+                .all(|user| observations.completed.contains_key(user))
+        };
+        if done || Instant::now() >= drain_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A moment more, so a duplicate on the wire would be seen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watcher.abort();
+    let _ = amqp.close(200, "done".into()).await;
+
+    let observations = observations.lock().unwrap_or_else(|e| e.into_inner());
+    let report = Report::new(
+        &observations.sent,
+        &observations.completed,
+        &observations.rpc_latencies,
+        observations.rejected,
+        started,
+        created_in,
+        cli.concurrency,
+    );
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+    } else {
+        eprintln!();
+        print!("{}", report.table());
+    }
+    anyhow::ensure!(
+        report.consistent(),
+        "inconsistent: {} accepted user(s) got no payment_processed, {} got more than one",
+        report.missing,
+        report.duplicated
+    );
+    Ok(())
+}
