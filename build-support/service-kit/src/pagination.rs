@@ -20,6 +20,30 @@ pub fn page_size(requested: i32) -> Result<i64, Violation> {
     }
 }
 
+/// The page a list request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// How many items, at most.
+    pub size: i64,
+    /// Where the page starts; `None` for the first.
+    pub after: Option<PageToken>,
+}
+
+/// Reads a request's `page_size` and `page_token`; what is wrong with them goes into
+/// `violations` (so a caller reports every bad field at once), and then the result is `None`.
+pub fn page(page_size: i32, page_token: &str, violations: &mut Vec<Violation>) -> Option<Page> {
+    let size = self::page_size(page_size)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    let after = PageToken::decode(page_token)
+        .map_err(|violation| violations.push(violation))
+        .ok();
+    Some(Page {
+        size: size?,
+        after: after?,
+    })
+}
+
 /// Where the next page starts: after the item with this creation time and id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageToken {

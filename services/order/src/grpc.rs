@@ -50,23 +50,18 @@ impl OrderService for OrderApi {
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let request = request.get_ref();
-        let user_id = parse_uuid("user_id", &request.user_id);
-        let page_size = pagination::page_size(request.page_size);
-        let page_token = PageToken::decode(&request.page_token);
-        let (user_id, page_size, after) = match (user_id, page_size, page_token) {
-            (Ok(user_id), Ok(size), Ok(after)) => (user_id, size, after),
-            (user_id, size, after) => {
-                let violations = [user_id.err(), size.err(), after.err()]
-                    .into_iter()
-                    .flatten()
-                    .collect();
-                return Err(ApiError::InvalidArgument(violations).into());
-            }
+        let mut violations = Vec::new();
+        let user_id = parse_uuid("user_id", &request.user_id)
+            .map_err(|violation| violations.push(violation))
+            .ok();
+        let page = pagination::page(request.page_size, &request.page_token, &mut violations);
+        let (Some(user_id), Some(page)) = (user_id, page) else {
+            return Err(ApiError::InvalidArgument(violations).into());
         };
-        let rows = repository::list_for_user(&self.pool, user_id, after, page_size + 1)
+        let rows = repository::list_for_user(&self.pool, user_id, page.after, page.size + 1)
             .await
             .map_err(ApiError::from)?;
-        let (orders, next_page_token) = pagination::paginate(rows, page_size, |order| PageToken {
+        let (orders, next_page_token) = pagination::paginate(rows, page.size, |order| PageToken {
             create_time: order.create_time,
             id: order.order_id,
         });

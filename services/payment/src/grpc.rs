@@ -64,23 +64,17 @@ impl PaymentService for PaymentApi {
                 "user_id or order_id is required",
             ));
         }
-        let page_size = pagination::page_size(request.page_size)
-            .map_err(|violation| violations.push(violation))
-            .ok();
-        let after = PageToken::decode(&request.page_token)
-            .map_err(|violation| violations.push(violation))
-            .ok()
-            .flatten();
-        let Some(page_size) = page_size.filter(|_| violations.is_empty()) else {
+        let page = pagination::page(request.page_size, &request.page_token, &mut violations);
+        let Some(page) = page.filter(|_| violations.is_empty()) else {
             return Err(ApiError::InvalidArgument(violations).into());
         };
 
         let filter = PaymentFilter { user_id, order_id };
-        let rows = repository::list(&self.pool, filter, after, page_size + 1)
+        let rows = repository::list(&self.pool, filter, page.after, page.size + 1)
             .await
             .map_err(ApiError::from)?;
         let (payments, next_page_token) =
-            pagination::paginate(rows, page_size, |payment| PageToken {
+            pagination::paginate(rows, page.size, |payment| PageToken {
                 create_time: payment.create_time,
                 id: payment.payment_id,
             });

@@ -69,20 +69,18 @@ impl UserService for UserApi {
         if correlation_id.is_empty() {
             violations.push(Violation::new("correlation_id", "is required"));
         }
-        let page_size = pagination::page_size(request.page_size)
-            .map_err(|violation| violations.push(violation))
-            .ok();
-        let after = PageToken::decode(&request.page_token)
-            .map_err(|violation| violations.push(violation))
-            .ok()
-            .flatten();
-        let Some(page_size) = page_size.filter(|_| violations.is_empty()) else {
+        let page = pagination::page(request.page_size, &request.page_token, &mut violations);
+        let Some(page) = page.filter(|_| violations.is_empty()) else {
             return Err(ApiError::InvalidArgument(violations).into());
         };
-        let rows =
-            repository::list_by_correlation_id(&self.pool, correlation_id, after, page_size + 1)
-                .await?;
-        let (users, next_page_token) = pagination::paginate(rows, page_size, |user| PageToken {
+        let rows = repository::list_by_correlation_id(
+            &self.pool,
+            correlation_id,
+            page.after,
+            page.size + 1,
+        )
+        .await?;
+        let (users, next_page_token) = pagination::paginate(rows, page.size, |user| PageToken {
             create_time: user.create_time,
             id: user.user_id,
         });
