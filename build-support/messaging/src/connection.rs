@@ -19,6 +19,9 @@ use crate::{
 /// How often the supervisor checks that the connection is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
+/// Longest a connection attempt (handshake and topology) may take: a broker that accepts the TCP
+/// connection while it is still starting can otherwise stall the handshake for good.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 
 /// What the supervisor needs to connect.
@@ -92,7 +95,9 @@ async fn supervise(
     while !stop.is_cancelled() {
         let attempt = tokio::select! {
             _ = stop.cancelled() => break,
-            attempt = connect(&settings) => attempt,
+            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&settings)) => {
+                attempt.unwrap_or_else(|_| Err(ConnectError::TimedOut(CONNECT_TIMEOUT)))
+            }
         };
         match attempt {
             Ok(connected) => {
@@ -123,7 +128,16 @@ async fn supervise(
     }
 }
 
-async fn connect(settings: &BusSettings) -> Result<Connected, lapin::Error> {
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    #[error("no connection within {0:?}")]
+    TimedOut(Duration),
+}
+
+async fn connect(settings: &BusSettings) -> Result<Connected, ConnectError> {
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
     let connection = Connection::connect(&settings.url, properties).await?;
