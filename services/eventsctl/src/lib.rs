@@ -188,7 +188,12 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         } => dlq.replay(&filter, dry_run, rate, out).await,
         DlqCommand::Purge { yes, .. } => dlq.purge(yes, out).await,
     };
-    let _ = connection.close(200, "done".into()).await;
+    // Closing is a courtesy to the broker; never let it keep the operator waiting.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        connection.close(200, "done".into()),
+    )
+    .await;
     outcome
 }
 

@@ -18,17 +18,41 @@ use test_support::{Sandbox, new_context, next_delivery, queue_depth};
 /// Runs eventsctl in `sandbox`'s namespace with `args`, with no terminal on standard input.
 fn eventsctl(sandbox: &Sandbox, args: &[&str]) -> Output {
     let namespace = sandbox.topology.namespace().as_str();
-    Command::new(env!("CARGO_BIN_EXE_eventsctl"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventsctl"));
+    command
         .args([
             "--amqp-url",
             &test_support::broker_url(),
             "--bus-namespace",
             namespace,
         ])
-        .args(args)
+        .args(args);
+    run_bounded(command)
+}
+
+/// Runs `command` to completion, or kills it (by its pid) and fails after a minute: a hung CLI
+/// must fail the test, not stall the suite.
+fn run_bounded(mut command: Command) -> Output {
+    let child = command
         .stdin(Stdio::null())
-        .output()
-        .expect("eventsctl runs")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("eventsctl runs");
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(std::time::Duration::from_secs(60)) {
+        Ok(output) => output.expect("eventsctl ends"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("eventsctl did not finish within a minute");
+        }
+    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -343,15 +367,14 @@ async fn bad_arguments_and_an_unreachable_broker_are_clear_errors() {
     assert_eq!(bad_rate.status.code(), Some(2));
 
     let port = test_support::unused_port();
-    let unreachable = Command::new(env!("CARGO_BIN_EXE_eventsctl"))
-        .args([
-            "--amqp-url",
-            &format!("amqp://guest:secret@127.0.0.1:{port}/%2f"),
-            "dlq",
-            "list",
-        ])
-        .output()
-        .expect("eventsctl runs");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_eventsctl"));
+    command.args([
+        "--amqp-url",
+        &format!("amqp://guest:secret@127.0.0.1:{port}/%2f"),
+        "dlq",
+        "list",
+    ]);
+    let unreachable = run_bounded(command);
     assert!(!unreachable.status.success());
     let message = stderr(&unreachable);
     assert!(
