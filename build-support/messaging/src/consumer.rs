@@ -5,15 +5,22 @@
 //! inbox and holds the outbox rows of the events it causes. The delivery is acked only after
 //! that transaction committed; a duplicate finds its inbox row and is acked without effect.
 //!
+//! Deliveries are applied in micro-batches: whatever the broker has already pushed to a worker
+//! (up to the batch size) is applied in one transaction, with one multi-row inbox insert and one
+//! multi-row outbox insert, and acked with one `multiple` ack after the commit. Nothing waits
+//! for a batch to fill: an idle system handles each message as it comes, a busy one pays one
+//! commit for many. When one message of a batch fails, the others are applied again without it,
+//! so a failure is settled for the message that caused it alone.
+//!
 //! Failures are classified: a transient one is retried through the broker's delayed retry
 //! queues (see [`crate::retry`]) a bounded number of times; a permanent one goes to the
 //! dead-letter queue at once, with headers saying why. While a dependency is unavailable (the
 //! gate is closed, e.g. the database is down), the consumer stops consuming instead of burning
 //! through attempts, and resumes when the gate opens.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::VecDeque, future::Future, sync::Arc, time::Duration};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     Channel,
     message::Delivery,
@@ -32,8 +39,8 @@ use uuid::Uuid;
 use crate::{
     connection::{Bus, Connected},
     db_errors::{self, DbErrorClass},
-    envelope::{CAUSATION_ID_HEADER, EventContext, TRACEPARENT_HEADER},
-    inbox,
+    envelope::{CAUSATION_ID_HEADER, Envelope, EventContext, TRACEPARENT_HEADER},
+    inbox, outbox,
     publisher::Publisher,
     retry::{self, Failure, FailureKind, RetryPolicy},
     topology::Subscription,
@@ -106,8 +113,9 @@ pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, HandlerError> {
         .map_err(|_| HandlerError::Permanent(anyhow::anyhow!("{field} {raw:?} is not a UUID")))
 }
 
-/// Applies one kind of event. It runs inside the consumer's transaction: everything it writes
-/// (its effect, and the outbox rows of the events it causes) commits together with the inbox row.
+/// Applies one kind of event. It runs inside the consumer's transaction and returns the events
+/// the message causes: its effect, the inbox row and those events' outbox rows commit together.
+/// The transaction may hold other messages of the same batch; a handler must not commit it.
 pub trait Handler: Send + Sync + 'static {
     /// The event this handler consumes.
     type Event: Event + Send + Sync;
@@ -116,7 +124,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         tx: &mut PgConnection,
         message: &Incoming<Self::Event>,
-    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
 }
 
 /// Why a delivery could not be decoded; it is dead-lettered.
@@ -196,6 +204,32 @@ enum Outcome {
     Duplicate,
 }
 
+/// A decoded delivery on its way through a batch.
+struct Pending<E> {
+    delivery: Delivery,
+    message: Incoming<E>,
+    /// Attempts before this delivery, from its headers.
+    attempts: u32,
+    /// The message's span, a child of the producer's trace.
+    span: tracing::Span,
+}
+
+/// Why a batch did not commit: the handler failed on the message at index `at`, or (`None`) the
+/// batch as a whole failed (its begin, inbox, outbox or commit).
+struct BatchFailure {
+    at: Option<usize>,
+    error: HandlerError,
+}
+
+impl From<sqlx::Error> for BatchFailure {
+    fn from(error: sqlx::Error) -> Self {
+        Self {
+            at: None,
+            error: error.into(),
+        }
+    }
+}
+
 /// How a consuming session on one channel ended.
 enum Session {
     /// Asked to stop.
@@ -213,6 +247,7 @@ pub struct EventConsumer<H> {
     bus: Bus,
     handler: Arc<H>,
     prefetch: u16,
+    batch_size: usize,
     workers: usize,
     retry: RetryPolicy,
     gate: watch::Receiver<bool>,
@@ -233,7 +268,8 @@ impl<H: Handler> EventConsumer<H> {
             pool,
             bus,
             handler: Arc::new(handler),
-            prefetch: 16,
+            prefetch: 64,
+            batch_size: 32,
             workers: 4,
             retry: RetryPolicy::default(),
             gate: watch::channel(true).1,
@@ -243,6 +279,12 @@ impl<H: Handler> EventConsumer<H> {
     /// Unacknowledged deliveries the broker may push to each worker.
     pub fn with_prefetch(mut self, prefetch: u16) -> Self {
         self.prefetch = prefetch.max(1);
+        self
+    }
+
+    /// At most this many deliveries per transaction (at least 1; 1 turns batching off).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
         self
     }
 
@@ -264,7 +306,7 @@ impl<H: Handler> EventConsumer<H> {
         self
     }
 
-    /// Consumes until `stop` is cancelled. Each worker finishes (acks or requeues) the delivery
+    /// Consumes until `stop` is cancelled. Each worker finishes (acks or requeues) the batch
     /// it is handling, then closes its channel, which returns its unacked prefetch to the queue.
     pub async fn run(self, stop: CancellationToken) {
         let this = Arc::new(self);
@@ -334,6 +376,7 @@ impl<H: Handler> EventConsumer<H> {
             )
             .await?;
         tracing::debug!(consumer = self.name, %queue, prefetch = self.prefetch, "consuming");
+        let mut batch = Vec::with_capacity(self.batch_size);
         let session = loop {
             let next = tokio::select! {
                 biased;
@@ -347,9 +390,26 @@ impl<H: Handler> EventConsumer<H> {
                 next = deliveries.next() => next,
             };
             match next {
-                Some(Ok(delivery)) => self.process(delivery, &connected.publisher).await,
+                Some(Ok(delivery)) => batch.push(delivery),
                 Some(Err(error)) => return Err(error.into()),
                 None => anyhow::bail!("the broker cancelled the consumer"),
+            }
+            // What the broker has already pushed joins the batch; nothing waits for more.
+            let mut ended = None;
+            while ended.is_none() && batch.len() < self.batch_size {
+                match deliveries.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(error))) => ended = Some(anyhow::Error::from(error)),
+                    Some(None) => {
+                        ended = Some(anyhow::anyhow!("the broker cancelled the consumer"))
+                    }
+                    None => break,
+                }
+            }
+            self.process(std::mem::take(&mut batch), &connected.publisher)
+                .await;
+            if let Some(error) = ended {
+                return Err(error);
             }
         };
         // Closing the channel hands the unacked prefetch back to the queue.
@@ -357,66 +417,151 @@ impl<H: Handler> EventConsumer<H> {
         Ok(session)
     }
 
-    async fn process(&self, delivery: Delivery, publisher: &Publisher) {
-        let attempts = retry::attempts(&delivery);
-        let message = match decode::<H::Event>(&delivery) {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::warn!(consumer = self.name, %error, "undecodable message; dead-lettering it");
-                metrics::counter!(
-                    "events_consumed_total",
-                    "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => "undecodable"
-                )
-                .increment(1);
-                self.dead_letter(
-                    &delivery,
-                    publisher,
-                    FailureKind::Undecodable,
-                    attempts,
-                    &error,
-                )
-                .await;
-                return;
+    /// Decodes a batch of deliveries (dead-lettering what does not decode), applies the rest
+    /// and settles every one of them.
+    async fn process(&self, deliveries: Vec<Delivery>, publisher: &Publisher) {
+        metrics::histogram!("consumer_batch_size", "consumer" => self.name)
+            .record(deliveries.len() as f64);
+        let mut batch = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let attempts = retry::attempts(&delivery);
+            match decode::<H::Event>(&delivery) {
+                Ok(message) => {
+                    // The span continues the producer's trace; everything the handler logs
+                    // carries the ids.
+                    let span = tracing::info_span!(
+                        "process",
+                        consumer = self.name,
+                        event_type = H::Event::TYPE_NAME,
+                        message_id = %message.message_id,
+                        correlation_id = %message.correlation_id,
+                        redelivered = delivery.redelivered,
+                    );
+                    trace_context::set_parent(&span, &message.traceparent);
+                    batch.push(Pending {
+                        delivery,
+                        message,
+                        attempts,
+                        span,
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(consumer = self.name, %error, "undecodable message; dead-lettering it");
+                    metrics::counter!(
+                        "events_consumed_total",
+                        "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => "undecodable"
+                    )
+                    .increment(1);
+                    self.dead_letter(
+                        &delivery,
+                        publisher,
+                        FailureKind::Undecodable,
+                        attempts,
+                        &error,
+                    )
+                    .await;
+                }
             }
-        };
-        // The span continues the producer's trace; everything the handler logs carries the ids.
-        let span = tracing::info_span!(
-            "process",
-            consumer = self.name,
-            event_type = H::Event::TYPE_NAME,
-            message_id = %message.message_id,
-            correlation_id = %message.correlation_id,
-            redelivered = delivery.redelivered,
-        );
-        trace_context::set_parent(&span, &message.traceparent);
-        self.apply_and_settle(&delivery, publisher, message, attempts)
-            .instrument(span)
-            .await;
+        }
+        self.apply_and_settle(batch, publisher).await;
     }
 
-    async fn apply_and_settle(
-        &self,
-        delivery: &Delivery,
-        publisher: &Publisher,
-        message: Incoming<H::Event>,
-        attempts: u32,
-    ) {
-        let started = std::time::Instant::now();
-        let applied = self.apply(&message).await;
-        self.observe(&message, started.elapsed(), &applied);
-        match applied {
-            Ok(Outcome::Applied) => settle(ack(delivery)).await,
-            Ok(Outcome::Duplicate) => {
-                tracing::info!("duplicate message; acknowledged without effect");
-                settle(ack(delivery)).await;
+    /// Applies a batch in one transaction and acks it after the commit. A message the handler
+    /// failed on is settled alone (retried, dead-lettered), and the rest applied again without
+    /// it; a batch that failed as a whole is applied again one message at a time, to find the
+    /// message at fault. Every delivery on the worker's channel before this batch is settled
+    /// already, so the batch is acked with one `multiple` ack.
+    async fn apply_and_settle(&self, batch: Vec<Pending<H::Event>>, publisher: &Publisher) {
+        let mut queue = VecDeque::from([batch]);
+        while let Some(mut batch) = queue.pop_front() {
+            if batch.is_empty() {
+                continue;
             }
-            Err(HandlerError::Permanent(error)) => {
+            let started = std::time::Instant::now();
+            let applied = self.apply(&batch).await;
+            let took = started.elapsed();
+            match applied {
+                Ok(outcomes) => {
+                    for (pending, outcome) in batch.iter().zip(outcomes) {
+                        self.observe(&pending.message, took, Ok(outcome));
+                        if outcome == Outcome::Duplicate {
+                            pending.span.in_scope(|| {
+                                tracing::info!("duplicate message; acknowledged without effect");
+                            });
+                        }
+                    }
+                    settle(ack_all(&batch)).await;
+                }
+                Err(BatchFailure {
+                    error: HandlerError::Unavailable(error),
+                    ..
+                }) => {
+                    // Everything not yet settled goes back to the queue.
+                    let rest: Vec<_> = queue.drain(..).flatten().chain(batch).collect();
+                    tracing::warn!(
+                        consumer = self.name,
+                        batch = rest.len(),
+                        error = format!("{error:#}"),
+                        "dependency unavailable; requeueing"
+                    );
+                    for pending in &rest {
+                        self.observe(&pending.message, took, Err("requeued"));
+                    }
+                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+                    settle(requeue_all(&rest)).await;
+                }
+                Err(BatchFailure {
+                    at: Some(at),
+                    error,
+                }) => {
+                    let failed = batch.remove(at);
+                    self.observe(&failed.message, took, Err(failure_outcome(&error)));
+                    let span = failed.span.clone();
+                    self.settle_failure(failed, error, publisher)
+                        .instrument(span)
+                        .await;
+                    queue.push_front(batch);
+                }
+                Err(BatchFailure { at: None, error }) if batch.len() > 1 => {
+                    tracing::debug!(
+                        consumer = self.name,
+                        batch = batch.len(),
+                        error = format!("{error:#}"),
+                        "batch failed; applying its messages one at a time"
+                    );
+                    queue.extend(batch.into_iter().map(|pending| vec![pending]));
+                }
+                Err(BatchFailure { at: None, error }) => {
+                    if let Some(failed) = batch.pop() {
+                        self.observe(&failed.message, took, Err(failure_outcome(&error)));
+                        let span = failed.span.clone();
+                        self.settle_failure(failed, error, publisher)
+                            .instrument(span)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Retries a failed message later, dead-letters it, or requeues it, as its failure says.
+    async fn settle_failure(
+        &self,
+        failed: Pending<H::Event>,
+        error: HandlerError,
+        publisher: &Publisher,
+    ) {
+        let Pending {
+            delivery, attempts, ..
+        } = failed;
+        match error {
+            HandlerError::Permanent(error) => {
                 tracing::error!(
                     error = format!("{error:#}"),
                     "cannot apply message; dead-lettering it"
                 );
                 self.dead_letter(
-                    delivery,
+                    &delivery,
                     publisher,
                     FailureKind::Permanent,
                     attempts + 1,
@@ -424,7 +569,7 @@ impl<H: Handler> EventConsumer<H> {
                 )
                 .await;
             }
-            Err(HandlerError::Transient(error)) => {
+            HandlerError::Transient(error) => {
                 let attempt = attempts + 1;
                 match self.retry.delay(attempt) {
                     Some(delay) => {
@@ -434,7 +579,7 @@ impl<H: Handler> EventConsumer<H> {
                             ?delay,
                             "transient failure; retrying later"
                         );
-                        self.retry_later(delivery, publisher, attempt, delay, &error)
+                        self.retry_later(&delivery, publisher, attempt, delay, &error)
                             .await;
                     }
                     None => {
@@ -444,7 +589,7 @@ impl<H: Handler> EventConsumer<H> {
                             "transient failure, out of retries; dead-lettering it"
                         );
                         self.dead_letter(
-                            delivery,
+                            &delivery,
                             publisher,
                             FailureKind::RetriesExhausted,
                             attempt,
@@ -454,38 +599,37 @@ impl<H: Handler> EventConsumer<H> {
                     }
                 }
             }
-            Err(HandlerError::Unavailable(error)) => {
+            HandlerError::Unavailable(error) => {
                 tracing::warn!(
                     error = format!("{error:#}"),
                     "dependency unavailable; requeueing"
                 );
                 tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                settle(requeue(delivery)).await;
+                settle(requeue(&delivery)).await;
             }
         }
     }
 
-    /// Records what became of a message: its outcome, how long the handler took and, once applied,
-    /// how old the event was (from its time-ordered UUIDv7 id, millisecond-precise).
+    /// Records what became of a message: its outcome, how long applying its batch took and,
+    /// once applied, how old the event was (from its time-ordered UUIDv7 id,
+    /// millisecond-precise).
     fn observe(
         &self,
         message: &Incoming<H::Event>,
         took: Duration,
-        applied: &Result<Outcome, HandlerError>,
+        outcome: Result<Outcome, &'static str>,
     ) {
-        let outcome = match applied {
+        let label = match outcome {
             Ok(Outcome::Applied) => "applied",
             Ok(Outcome::Duplicate) => "duplicate",
-            Err(HandlerError::Transient(_)) => "retried",
-            Err(HandlerError::Permanent(_)) => "dead_lettered",
-            Err(HandlerError::Unavailable(_)) => "requeued",
+            Err(label) => label,
         };
         let (consumer, kind) = (self.name, H::Event::TYPE_NAME);
-        metrics::counter!("events_consumed_total", "consumer" => consumer, "type" => kind, "outcome" => outcome)
+        metrics::counter!("events_consumed_total", "consumer" => consumer, "type" => kind, "outcome" => label)
             .increment(1);
         metrics::histogram!("event_handler_duration_seconds", "consumer" => consumer, "type" => kind)
             .record(took.as_secs_f64());
-        if matches!(applied, Ok(Outcome::Applied))
+        if outcome == Ok(Outcome::Applied)
             && let Some(age) = event_age(message.message_id)
         {
             metrics::histogram!("event_end_to_end_age_seconds", "consumer" => consumer, "type" => kind)
@@ -493,15 +637,35 @@ impl<H: Handler> EventConsumer<H> {
         }
     }
 
-    /// The inbox row, the handler's effect and its outbox rows, in one transaction.
-    async fn apply(&self, message: &Incoming<H::Event>) -> Result<Outcome, HandlerError> {
+    /// One transaction for the batch: its inbox rows in one insert, each new message's effect,
+    /// and the outbox rows of everything they caused in one insert. Duplicates (already in the
+    /// inbox, or twice in the batch) are skipped.
+    async fn apply(&self, batch: &[Pending<H::Event>]) -> Result<Vec<Outcome>, BatchFailure> {
         let mut tx = self.pool.begin().await?;
-        if !inbox::record(&mut tx, self.name, message.message_id).await? {
-            return Ok(Outcome::Duplicate);
+        let ids: Vec<Uuid> = batch.iter().map(|p| p.message.message_id).collect();
+        let mut fresh = inbox::record_all(&mut tx, self.name, &ids).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut caused = Vec::new();
+        for (at, pending) in batch.iter().enumerate() {
+            if !fresh.remove(&pending.message.message_id) {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let events = self
+                .handler
+                .handle(&mut tx, &pending.message)
+                .instrument(pending.span.clone())
+                .await
+                .map_err(|error| BatchFailure {
+                    at: Some(at),
+                    error,
+                })?;
+            caused.extend(events);
+            outcomes.push(Outcome::Applied);
         }
-        self.handler.handle(&mut tx, message).await?;
+        outbox::enqueue_all(&mut tx, &caused).await?;
         tx.commit().await?;
-        Ok(Outcome::Applied)
+        Ok(outcomes)
     }
 
     /// Re-publishes to the retry queue for `delay`, then acks; requeues if that fails.
@@ -580,6 +744,48 @@ fn event_age(message_id: Uuid) -> Option<Duration> {
 
 async fn ack(delivery: &Delivery) -> Result<bool, lapin::Error> {
     delivery.ack(BasicAckOptions::default()).await
+}
+
+/// The delivery of the batch the broker sent last: settling it with `multiple` settles the batch.
+fn last<E>(batch: &[Pending<E>]) -> Option<&Delivery> {
+    batch
+        .iter()
+        .map(|pending| &pending.delivery)
+        .max_by_key(|delivery| delivery.delivery_tag)
+}
+
+/// Acks every delivery of `batch`, and every earlier one still unsettled on the channel (there is
+/// none: a worker settles each batch before taking the next).
+async fn ack_all<E>(batch: &[Pending<E>]) -> Result<bool, lapin::Error> {
+    match last(batch) {
+        Some(delivery) if batch.len() > 1 => delivery.ack(BasicAckOptions { multiple: true }).await,
+        Some(delivery) => ack(delivery).await,
+        None => Ok(true),
+    }
+}
+
+/// Returns every delivery of `batch` to the queue, like [`ack_all`].
+async fn requeue_all<E>(batch: &[Pending<E>]) -> Result<bool, lapin::Error> {
+    match last(batch) {
+        Some(delivery) => {
+            delivery
+                .nack(BasicNackOptions {
+                    multiple: batch.len() > 1,
+                    requeue: true,
+                })
+                .await
+        }
+        None => Ok(true),
+    }
+}
+
+/// The `events_consumed_total` outcome of a failure.
+fn failure_outcome(error: &HandlerError) -> &'static str {
+    match error {
+        HandlerError::Transient(_) => "retried",
+        HandlerError::Permanent(_) => "dead_lettered",
+        HandlerError::Unavailable(_) => "requeued",
+    }
 }
 
 /// To the dead-letter queue, through the queue's dead-letter exchange.

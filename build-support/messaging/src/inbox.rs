@@ -1,23 +1,31 @@
 //! The inbox: exactly-once effect over at-least-once delivery.
 
+use std::collections::HashSet;
+
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Records, in the caller's transaction, that `consumer` is applying `message_id`. Returns
-/// `false` when it already was: the message is a duplicate and must be acknowledged and skipped.
-/// A concurrent duplicate waits here on the primary key until the first one commits or rolls back.
-pub async fn record(
+/// Records, in the caller's transaction and in one statement, that `consumer` is applying each
+/// of `message_ids`. Returns the ids that were new; the others are duplicates. Rows go in sorted
+/// order, so two transactions recording overlapping batches wait on each other instead of
+/// deadlocking.
+pub async fn record_all(
     connection: &mut PgConnection,
     consumer: &str,
-    message_id: Uuid,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "insert into processed_messages (consumer, message_id) values ($1, $2) \
-         on conflict do nothing",
+    message_ids: &[Uuid],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let mut sorted = message_ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let fresh: Vec<Uuid> = sqlx::query_scalar(
+        "insert into processed_messages (consumer, message_id) \
+         select $1, id from unnest($2::uuid[]) with ordinality as ids(id, n) order by n \
+         on conflict do nothing \
+         returning message_id",
     )
     .bind(consumer)
-    .bind(message_id)
-    .execute(connection)
+    .bind(&sorted)
+    .fetch_all(connection)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(fresh.into_iter().collect())
 }

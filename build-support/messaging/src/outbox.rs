@@ -1,6 +1,6 @@
 //! The transactional outbox and its relay.
 //!
-//! [`enqueue`] writes an event in the caller's transaction, so the event exists exactly when the
+//! [`enqueue`] (or [`enqueue_all`], one statement for many) writes an event in the caller's transaction, so the event exists exactly when the
 //! domain change does. The [`OutboxRelay`] claims due rows with `for update skip locked` (so
 //! several relays never publish the same row at once), publishes the batch with confirms awaited
 //! together, deletes the rows the broker acked and reschedules the rest with back-off, all in the
@@ -27,24 +27,39 @@ const NOTIFY_CHANNEL: &str = "outbox";
 const MAX_BACKOFF_SECS: f64 = 30.0;
 
 /// Writes `envelope` to the outbox in the caller's transaction.
-#[tracing::instrument(skip_all, fields(message_id = %envelope.message_id, event_type = %envelope.event_type), err)]
 pub async fn enqueue(
     connection: &mut PgConnection,
     envelope: &Envelope,
 ) -> Result<(), sqlx::Error> {
+    enqueue_all(connection, std::slice::from_ref(envelope)).await
+}
+
+/// Writes every envelope to the outbox in the caller's transaction, in one statement.
+#[tracing::instrument(skip_all, fields(events = envelopes.len()), err)]
+pub async fn enqueue_all(
+    connection: &mut PgConnection,
+    envelopes: &[Envelope],
+) -> Result<(), sqlx::Error> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    // One array per column; `unnest` zips them back into rows.
+    let column = |field: fn(&Envelope) -> String| envelopes.iter().map(field).collect::<Vec<_>>();
+    let payloads: Vec<&[u8]> = envelopes.iter().map(|e| e.payload.as_slice()).collect();
     sqlx::query(
         "insert into outbox \
          (message_id, event_type, routing_key, payload, correlation_id, causation_id, traceparent, occurred_at) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8)",
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], \
+                              $7::text[], $8::timestamptz[])",
     )
-    .bind(envelope.message_id)
-    .bind(&envelope.event_type)
-    .bind(&envelope.routing_key)
-    .bind(&envelope.payload)
-    .bind(&envelope.correlation_id)
-    .bind(&envelope.causation_id)
-    .bind(&envelope.traceparent)
-    .bind(envelope.occurred_at)
+    .bind(envelopes.iter().map(|e| e.message_id).collect::<Vec<_>>())
+    .bind(column(|e| e.event_type.clone()))
+    .bind(column(|e| e.routing_key.clone()))
+    .bind(payloads)
+    .bind(column(|e| e.correlation_id.clone()))
+    .bind(column(|e| e.causation_id.clone()))
+    .bind(column(|e| e.traceparent.clone()))
+    .bind(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
     .execute(connection)
     .await?;
     Ok(())

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id, outbox};
+use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id};
 use proto::order::v1::OrderCreated;
 use sqlx::PgConnection;
 
@@ -33,7 +33,7 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
         &self,
         tx: &mut PgConnection,
         message: &Incoming<OrderCreated>,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Vec<Envelope>, HandlerError> {
         let event = &message.event;
         let order_id = parse_id("order_id", &event.order_id)?;
         let user_id = parse_id("user_id", &event.user_id)?;
@@ -41,7 +41,7 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
         repository::lock_order(tx, order_id).await?;
         if let Some(payment) = repository::find_by_order(&mut *tx, order_id).await? {
             tracing::info!(payment_id = %payment.payment_id, "the order is already paid for; nothing to do");
-            return Ok(());
+            return Ok(Vec::new());
         }
 
         let charge = ChargeRequest {
@@ -73,9 +73,10 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
             },
         )
         .await?;
-        let envelope = Envelope::new(&payment.processed_event(), &message.caused_context());
-        outbox::enqueue(tx, &envelope).await?;
         tracing::info!(payment_id = %payment.payment_id, status = payment.status.as_str(), "payment processed");
-        Ok(())
+        Ok(vec![Envelope::new(
+            &payment.processed_event(),
+            &message.caused_context(),
+        )])
     }
 }

@@ -50,10 +50,14 @@ impl TryFrom<PaymentRow> for Payment {
 
 /// Serializes the handling of one order until the transaction ends, so two deliveries of the
 /// same order (even under different message ids) never charge it twice.
+///
+/// The lock key folds all 128 bits of the id: the high half of a UUIDv7 is mostly its
+/// timestamp, which orders created in the same millisecond share, and sharing a key would make
+/// unrelated orders wait on each other (and deadlock across batches).
 pub async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
-    let (high, _) = order_id.as_u64_pair();
+    let (high, low) = order_id.as_u64_pair();
     sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind(high as i64)
+        .bind((high ^ low) as i64)
         .execute(tx)
         .await?;
     Ok(())

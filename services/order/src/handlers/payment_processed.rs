@@ -1,6 +1,6 @@
 //! `payment_processed` → the order `PAID` or `PAYMENT_DECLINED`.
 
-use messaging::{Handler, HandlerError, Incoming, consumer::parse_id};
+use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id};
 use proto::payment::v1::{PaymentProcessed, PaymentStatus};
 use sqlx::PgConnection;
 
@@ -18,7 +18,7 @@ impl Handler for PaymentProcessedHandler {
         &self,
         tx: &mut PgConnection,
         message: &Incoming<PaymentProcessed>,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Vec<Envelope>, HandlerError> {
         let event = &message.event;
         let order_id = parse_id("order_id", &event.order_id)?;
         let status = match PaymentStatus::try_from(event.status) {
@@ -33,7 +33,7 @@ impl Handler for PaymentProcessedHandler {
         };
         if let Some(order) = repository::settle(&mut *tx, order_id, status).await? {
             tracing::info!(status = order.status.as_str(), "order settled");
-            return Ok(());
+            return Ok(Vec::new());
         }
         match repository::find(&mut *tx, order_id).await? {
             Some(order) => {
@@ -41,7 +41,7 @@ impl Handler for PaymentProcessedHandler {
                     status = order.status.as_str(),
                     "order already settled; nothing to do"
                 );
-                Ok(())
+                Ok(Vec::new())
             }
             None => Err(HandlerError::Permanent(anyhow::anyhow!(
                 "payment_processed for unknown order {order_id}"

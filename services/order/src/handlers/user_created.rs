@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id, outbox};
+use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id};
 use proto::user::v1::{Plan, UserCreated};
 use sqlx::PgConnection;
 
@@ -31,7 +31,7 @@ impl Handler for UserCreatedHandler {
         &self,
         tx: &mut PgConnection,
         message: &Incoming<UserCreated>,
-    ) -> Result<(), HandlerError> {
+    ) -> Result<Vec<Envelope>, HandlerError> {
         let event = &message.event;
         let user_id = parse_id("user_id", &event.user_id)?;
         let plan = Plan::try_from(event.plan)
@@ -44,12 +44,16 @@ impl Handler for UserCreatedHandler {
         };
         match repository::insert(&mut *tx, &new_order).await? {
             Some(order) => {
-                let envelope = Envelope::new(&order.created_event(), &message.caused_context());
-                outbox::enqueue(tx, &envelope).await?;
                 tracing::info!(order_id = %order.order_id, "order created");
+                Ok(vec![Envelope::new(
+                    &order.created_event(),
+                    &message.caused_context(),
+                )])
             }
-            None => tracing::info!("the user already has its sign-up order; nothing to do"),
+            None => {
+                tracing::info!("the user already has its sign-up order; nothing to do");
+                Ok(Vec::new())
+            }
         }
-        Ok(())
     }
 }
