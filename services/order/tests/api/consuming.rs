@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use lapin::{BasicProperties, types::AMQPValue};
-use messaging::topology::ORDER_SERVICE_USER_CREATED;
+use messaging::{Envelope, topology::ORDER_SERVICE_USER_CREATED};
 use prost::Message;
 use proto::{
     order::v1::{OrderCreated, OrderStatus},
     payment::v1::PaymentStatus,
-    user::v1::Plan,
+    user::v1::{Plan, UserCreated},
 };
 use test_support::{assert_no_more_deliveries, eventually, next_delivery};
 
@@ -129,6 +129,74 @@ async fn the_same_user_created_delivered_twice_at_once_gives_one_order() {
         .await
         .expect("count inbox");
     assert_eq!(inbox, 40);
+}
+
+#[tokio::test]
+async fn a_backlog_is_applied_in_batches_and_a_poisoned_message_fails_alone() {
+    // Arrange: a backlog waiting while no instance consumes: 30 users, one of them twice, and a
+    // message the handler must refuse (its user_id is not a UUID) in the middle.
+    let mut app = spawn_app().await;
+    let mut events = app.capture("order_created").await;
+    app.stop().await;
+    let users: Vec<_> = (0..30)
+        .map(|i| user_created(&format!("user{i}@example.com"), Plan::Basic))
+        .collect();
+    let poison = Envelope::new(
+        &UserCreated {
+            user_id: "not-a-uuid".into(),
+            email: "poison@example.com".into(),
+            name: "Poison".into(),
+            plan: Plan::Basic.into(),
+            create_time: None,
+        },
+        &test_support::new_context(),
+    );
+    let backlog: Vec<_> = users[..15]
+        .iter()
+        .chain([&poison, &users[3]])
+        .chain(&users[15..])
+        .collect();
+    for envelope in backlog {
+        app.publish(envelope).await;
+    }
+
+    // Act
+    let _instance = app.start_another_instance().await;
+
+    // Assert: every user's order once, and one event each.
+    let dlq = app
+        .topology()
+        .dead_letter_queue(&ORDER_SERVICE_USER_CREATED);
+    eventually(|| async { test_support::queue_depth(&app.amqp, &dlq).await == 1 }).await;
+    for _ in &users {
+        next_delivery(&mut events).await;
+    }
+    assert_no_more_deliveries(&mut events, Duration::from_secs(1)).await;
+    assert_eq!(app.order_rows().await, 30);
+
+    // Assert: only the poison was dead-lettered.
+    let dead = test_support::take_message(&app.amqp, &dlq)
+        .await
+        .expect("a dead letter");
+    assert_eq!(
+        dead.properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(poison.message_id.to_string())
+    );
+
+    // Assert: in batches: the rows of one transaction share its start time.
+    let (messages, transactions): (i64, i64) =
+        sqlx::query_as("select count(*), count(distinct processed_at) from processed_messages")
+            .fetch_one(&app.db)
+            .await
+            .expect("count inbox");
+    assert_eq!(messages, 30);
+    assert!(
+        transactions < messages / 2,
+        "{messages} messages in {transactions} transactions"
+    );
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ pub struct TestApp {
     pub db: PgPool,
     pub amqp: Connection,
     // Held so the service runs as long as the test; dropping it stops the service.
-    _service: Running,
+    service: Option<Running>,
     sandbox: Sandbox,
 }
 
@@ -35,7 +35,7 @@ pub async fn spawn_app() -> TestApp {
         metrics_addr,
         db: sandbox.pool("orders").await,
         amqp: test_support::broker().await,
-        _service: service,
+        service: Some(service),
         sandbox,
     }
 }
@@ -53,6 +53,13 @@ async fn start_instance(sandbox: &Sandbox) -> (Running, std::net::SocketAddr) {
 impl TestApp {
     pub fn topology(&self) -> &Topology {
         &self.sandbox.topology
+    }
+
+    /// Stops the instance `spawn_app` started (gracefully); its queues stay.
+    pub async fn stop(&mut self) {
+        if let Some(service) = self.service.take() {
+            service.stop().await;
+        }
     }
 
     /// A second instance of the service on the same database and queues.
