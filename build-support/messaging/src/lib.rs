@@ -21,7 +21,7 @@ pub mod topology;
 pub mod trace_context;
 
 pub use connection::{Bus, BusSettings, Connected};
-pub use consumer::{EventConsumer, Handler, HandlerError, Incoming};
+pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};
 pub use outbox::OutboxRelay;
 pub use publisher::{PublishError, Publisher};

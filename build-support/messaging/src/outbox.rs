@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::{StreamExt, stream::FuturesUnordered};
 use sqlx::{PgConnection, PgPool, postgres::PgListener};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,8 @@ use crate::{
 
 /// The NOTIFY channel the outbox trigger signals on.
 const NOTIFY_CHANNEL: &str = "outbox";
+/// Relay passes in flight at once, each in its own transaction.
+const PIPELINE: usize = 3;
 /// Longest back-off between two attempts at one row.
 const MAX_BACKOFF_SECS: f64 = 30.0;
 
@@ -185,38 +188,47 @@ impl OutboxRelay {
         self
     }
 
-    /// Relays until `stop` is cancelled; a batch in flight is finished first. Wakes on NOTIFY
-    /// from the outbox trigger, on a (re)connection to the broker, and on the fallback poll.
+    /// Relays until `stop` is cancelled; the batches in flight are finished first. Wakes on
+    /// NOTIFY from the outbox trigger, on a (re)connection to the broker, and on the fallback
+    /// poll.
+    ///
+    /// Passes are pipelined: while one waits for the broker's confirms, the next wake-up starts
+    /// another pass (up to a few at once), which claims only rows no pass holds. A row is thus
+    /// published as soon as it is committed, not after the confirms of the batch before it.
     pub async fn run(self, stop: CancellationToken) {
         let mut listener = self.listen().await;
         let mut bus = self.bus.watch();
+        let mut passes = FuturesUnordered::new();
+        // Whether rows may be due that no pass has looked for yet.
+        let mut due = true;
         loop {
-            let connected = bus.borrow_and_update().clone();
-            if let Some(Connected { publisher, .. }) = connected {
-                self.drain(&publisher, &stop).await;
+            if due && passes.len() < PIPELINE {
+                let connected = bus.borrow_and_update().clone();
+                if let Some(Connected { publisher, .. }) = connected {
+                    due = false;
+                    let this = &self;
+                    passes.push(async move { this.relay_batch(&publisher).await });
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = bus_changed(&mut bus) => {}
-                _ = notified(&mut listener) => {}
-                _ = tokio::time::sleep(self.poll_interval) => {}
+                Some(outcome) = passes.next(), if !passes.is_empty() => match outcome {
+                    // A full batch: more may be waiting.
+                    Ok(outcome) if outcome.claimed == self.batch_size && outcome.failed == 0 => {
+                        due = true;
+                    }
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "outbox relay pass failed; retrying on the next wake-up");
+                    }
+                },
+                _ = bus_changed(&mut bus) => due = true,
+                _ = notified(&mut listener) => due = true,
+                _ = tokio::time::sleep(self.poll_interval) => due = true,
             }
         }
+        while passes.next().await.is_some() {}
         tracing::info!("outbox relay stopped");
-    }
-
-    /// Publishes batches until none is full, the broker fails, or `stop` is cancelled.
-    async fn drain(&self, publisher: &Publisher, stop: &CancellationToken) {
-        while !stop.is_cancelled() {
-            match self.relay_batch(publisher).await {
-                Ok(outcome) if outcome.claimed == self.batch_size && outcome.failed == 0 => {}
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "outbox relay pass failed; retrying on the next wake-up");
-                    break;
-                }
-            }
-        }
     }
 
     /// One pass: claim, publish, then delete or reschedule, in one transaction.

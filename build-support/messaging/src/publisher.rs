@@ -71,20 +71,24 @@ impl Publisher {
         payload: &[u8],
         properties: lapin::BasicProperties,
     ) -> Result<(), PublishError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                payload,
-                properties,
-            )
-            .await?;
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
+        // Bounded as a whole: sending can wait too (a blocked or dying connection).
+        let published = async {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    payload,
+                    properties,
+                )
+                .await?;
+            confirm.await
+        };
+        match tokio::time::timeout(CONFIRM_TIMEOUT, published).await {
             Ok(confirmation) => check(confirmation?, routing_key),
             Err(_) => Err(PublishError::ConfirmTimeout(CONFIRM_TIMEOUT)),
         }

@@ -9,7 +9,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Bus, BusSettings, Connected, EventConsumer, Handler, OutboxRelay, RetryPolicy,
+    Bus, BusSettings, Connected, ConsumerTuning, EventConsumer, Handler, OutboxRelay, RetryPolicy,
     topology::Subscription,
 };
 use secrecy::ExposeSecret;
@@ -38,6 +38,7 @@ pub struct ServiceRuntime {
     database_up: watch::Receiver<bool>,
     metrics_addr: SocketAddr,
     retry: RetryPolicy,
+    consumer: ConsumerTuning,
     service_name: &'static str,
     listener: TcpListener,
     health: HealthReporter,
@@ -128,6 +129,7 @@ impl ServiceRuntime {
             database_up,
             metrics_addr,
             retry: settings.retry.clone(),
+            consumer: settings.consumer,
             service_name: settings.service_name,
             listener,
             health,
@@ -174,6 +176,7 @@ impl ServiceRuntime {
             handler,
         )
         .with_retry(self.retry.clone())
+        .with_tuning(self.consumer)
         .with_gate(self.database_up.clone());
         self.spawn_worker(|stop| consumer.run(stop));
     }
@@ -204,6 +207,7 @@ impl ServiceRuntime {
             database_up: _,
             metrics_addr: _,
             retry: _,
+            consumer: _,
             service_name,
             listener,
             health,
@@ -230,7 +234,8 @@ impl ServiceRuntime {
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener),
+                // Small responses go out at once instead of waiting on Nagle's algorithm.
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
                 stop.clone().cancelled_owned(),
             );
         let mut server = tokio::spawn(server);

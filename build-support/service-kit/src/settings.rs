@@ -6,7 +6,7 @@
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use messaging::{Namespace, RetryPolicy, Topology, retry::DEFAULT_RETRY_DELAYS};
+use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology, retry::DEFAULT_RETRY_DELAYS};
 use secrecy::SecretString;
 
 /// The broker every service uses unless told otherwise.
@@ -59,6 +59,15 @@ pub struct CommonArgs {
     /// number bounds the attempts before a message is dead-lettered.
     #[arg(long, env = "RETRY_DELAYS", default_value = DEFAULT_RETRY_DELAYS)]
     pub retry_delays: String,
+    /// Workers (broker channels) per consumer.
+    #[arg(long, env = "CONSUMER_WORKERS", default_value_t = ConsumerTuning::default().workers)]
+    pub consumer_workers: usize,
+    /// Deliveries the broker may push to each worker ahead of its acks.
+    #[arg(long, env = "CONSUMER_PREFETCH", default_value_t = ConsumerTuning::default().prefetch)]
+    pub consumer_prefetch: u16,
+    /// Most deliveries a worker applies in one transaction (1 turns batching off).
+    #[arg(long, env = "CONSUMER_BATCH", default_value_t = ConsumerTuning::default().batch_size)]
+    pub consumer_batch: usize,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
@@ -87,6 +96,7 @@ pub struct Settings {
     pub outbox_max_age: Duration,
     pub topology: Topology,
     pub retry: RetryPolicy,
+    pub consumer: ConsumerTuning,
     pub rust_log: String,
     pub log_format: LogFormat,
 }
@@ -95,6 +105,17 @@ impl CommonArgs {
     /// Fills what was not given from `defaults` and validates the rest.
     pub fn resolve(self, defaults: &ServiceDefaults) -> anyhow::Result<Settings> {
         let namespace = Namespace::parse(&self.bus_namespace).context("invalid BUS_NAMESPACE")?;
+        anyhow::ensure!(
+            self.consumer_workers >= 1 && self.consumer_prefetch >= 1 && self.consumer_batch >= 1,
+            "CONSUMER_WORKERS, CONSUMER_PREFETCH and CONSUMER_BATCH must be at least 1"
+        );
+        anyhow::ensure!(
+            self.consumer_batch <= usize::from(self.consumer_prefetch),
+            "CONSUMER_BATCH ({}) cannot exceed CONSUMER_PREFETCH ({}): a batch is taken from \
+             what the broker pushed ahead",
+            self.consumer_batch,
+            self.consumer_prefetch
+        );
         Ok(Settings {
             service_name: defaults.name,
             database_url: self.database_url.unwrap_or_else(|| {
@@ -113,6 +134,11 @@ impl CommonArgs {
             outbox_max_age: self.outbox_max_age,
             topology: Topology::new(namespace),
             retry: RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?,
+            consumer: ConsumerTuning {
+                workers: self.consumer_workers,
+                prefetch: self.consumer_prefetch,
+                batch_size: self.consumer_batch,
+            },
             rust_log: self.rust_log,
             log_format: self.log_format,
         })
@@ -182,6 +208,40 @@ mod tests {
             .resolve(&DEFAULTS)
             .expect_err("invalid delays");
         assert!(format!("{error:#}").contains("RETRY_DELAYS"));
+    }
+
+    #[test]
+    fn consumer_tuning_is_configurable_and_validated() {
+        let settings = Cli::parse_from([
+            "order-service",
+            "--consumer-workers",
+            "2",
+            "--consumer-prefetch",
+            "16",
+            "--consumer-batch",
+            "8",
+        ])
+        .common
+        .resolve(&DEFAULTS)
+        .expect("valid tuning");
+        assert_eq!(
+            settings.consumer,
+            ConsumerTuning {
+                workers: 2,
+                prefetch: 16,
+                batch_size: 8
+            }
+        );
+        let too_big = Cli::parse_from(["order-service", "--consumer-batch", "100"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("a batch larger than the prefetch");
+        assert!(format!("{too_big:#}").contains("CONSUMER_BATCH (100) cannot exceed"));
+        let zero = Cli::parse_from(["order-service", "--consumer-workers", "0"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("no workers");
+        assert!(format!("{zero:#}").contains("at least 1"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use lapin::{
     },
     types::FieldTable,
 };
-use messaging::{Namespace, RetryPolicy, Topology};
+use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
 use service_kit::{Settings, settings::LogFormat};
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -111,6 +111,7 @@ impl Sandbox {
             outbox_max_age: Duration::from_secs(60),
             topology: self.topology.clone(),
             retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
+            consumer: ConsumerTuning::default(),
             rust_log: "info".into(),
             log_format: LogFormat::Text,
         }
