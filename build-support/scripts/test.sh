@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: makes sure PostgreSQL and RabbitMQ are running (starting or
-# installing them if needed), then runs every test of the workspace against them and closes
-# with one summary line.
+# installing them if needed), then runs every test of the workspace against them (every test
+# binary, even after one fails) and closes with one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 build-support/scripts/ensure-services.sh
 log=$(mktemp)
 status=0
-cargo test --workspace --locked --all-targets "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --all-targets --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 summary=$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$log")
 rm -f "$log"
 echo
