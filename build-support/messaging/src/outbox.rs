@@ -209,7 +209,8 @@ impl OutboxRelay {
         loop {
             if deleted >= VACUUM_AFTER_ROWS {
                 deleted = 0;
-                self.vacuum().await;
+                // Beside the passes, never in their way.
+                tokio::spawn(vacuum(self.pool.clone()));
             }
             if due && passes.len() < PIPELINE {
                 let connected = bus.borrow_and_update().clone();
@@ -284,15 +285,6 @@ impl OutboxRelay {
         })
     }
 
-    /// Reclaims the dead tuples of deleted rows; a failure only costs speed.
-    async fn vacuum(&self) {
-        let started = std::time::Instant::now();
-        match sqlx::query("vacuum outbox").execute(&self.pool).await {
-            Ok(_) => tracing::debug!(took = ?started.elapsed(), "outbox vacuumed"),
-            Err(error) => tracing::warn!(%error, "cannot vacuum the outbox"),
-        }
-    }
-
     async fn listen(&self) -> Option<PgListener> {
         let attempt = async {
             let mut listener = PgListener::connect_with(&self.pool).await?;
@@ -306,6 +298,19 @@ impl OutboxRelay {
                 None
             }
         }
+    }
+}
+
+/// Reclaims the dead tuples of deleted rows; a failure only costs speed. Without `truncate`, which
+/// would take the table's exclusive lock (and wait up to 5 s for it, stalling every writer).
+async fn vacuum(pool: PgPool) {
+    let started = std::time::Instant::now();
+    match sqlx::query("vacuum (truncate false) outbox")
+        .execute(&pool)
+        .await
+    {
+        Ok(_) => tracing::debug!(took = ?started.elapsed(), "outbox vacuumed"),
+        Err(error) => tracing::warn!(%error, "cannot vacuum the outbox"),
     }
 }
 
