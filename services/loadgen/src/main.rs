@@ -1,8 +1,10 @@
 //! `loadgen`: drives `CreateUser` at a given concurrency against a running stack, watches
 //! `payment_processed` on a private queue, and reports accepted calls and completed flows per
 //! second, RPC and end-to-end latency percentiles, and whether every accepted user got exactly
-//! one `payment_processed`. Exits 1 when the consistency check fails.
+//! one `payment_processed`. Exits 1 when the consistency check fails. `loadgen ceiling`
+//! measures what the same durable work costs on this machine without the services.
 
+mod ceiling;
 mod report;
 
 use std::{
@@ -33,11 +35,42 @@ use crate::report::Report;
 
 /// Load a running stack and measure it.
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", version)]
+#[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Concurrent CreateUser calls.
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Measure the machine's ceiling: the durable work of a flow (Postgres transactions,
+    /// persistent messages) without the services.
+    Ceiling(ceiling::CeilingArgs),
+}
+
+/// Where the broker is.
+#[derive(Debug, clap::Args)]
+struct BrokerArgs {
+    /// The broker the stack uses.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
+    amqp_url: String,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Concurrent CreateUser calls (at most this many in flight).
     #[arg(long, short = 'c', default_value_t = 16)]
     concurrency: usize,
+    /// Start calls at this many per second instead of as fast as the concurrency allows.
+    #[arg(long)]
+    rate: Option<f64>,
     /// How many users to create (unless --duration is given).
     #[arg(long, short = 'n', default_value_t = 1000)]
     users: u64,
@@ -54,14 +87,8 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     user_addr: String,
-    /// The broker the stack uses.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-        hide_env_values = true
-    )]
-    amqp_url: String,
+    #[command(flatten)]
+    broker: BrokerArgs,
     /// The stack's BUS_NAMESPACE.
     #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
     bus_namespace: String,
@@ -84,11 +111,21 @@ struct Observations {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Ceiling(args)) => ceiling::run(args).await,
+        None => load(cli.run).await,
+    }
+}
+
+async fn load(cli: RunArgs) -> anyhow::Result<()> {
+    if let Some(rate) = cli.rate {
+        anyhow::ensure!(rate > 0.0, "--rate must be positive");
+    }
     let topology = Topology::new(Namespace::parse(&cli.bus_namespace)?);
     let observations = Arc::new(Mutex::new(Observations::default()));
 
     // Watch payment_processed on a private queue before creating anyone.
-    let amqp = Connection::connect(&cli.amqp_url, ConnectionProperties::default())
+    let amqp = Connection::connect(&cli.broker.amqp_url, ConnectionProperties::default())
         .await
         .context("cannot reach RabbitMQ")?;
     let channel = amqp.create_channel().await?;
@@ -162,11 +199,16 @@ async fn main() -> anyhow::Result<()> {
         } else {
             cli.users
         };
+        let interval = cli.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
         async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= limit || deadline.is_some_and(|d| Instant::now() >= d) {
                     return;
+                }
+                // At a fixed rate, call i starts at its slot (or at once when behind).
+                if let Some(interval) = interval {
+                    tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
                 }
                 let sent = Instant::now();
                 let outcome = users
@@ -218,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = amqp.close(200, "done".into()).await;
 
     let observations = observations.lock().unwrap_or_else(|e| e.into_inner());
-    let report = Report::new(
+    let mut report = Report::new(
         &observations.sent,
         &observations.completed,
         &observations.rpc_latencies,
@@ -227,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
         created_in,
         cli.concurrency,
     );
+    report.rate = cli.rate;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);
     } else {

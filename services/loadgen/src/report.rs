@@ -43,6 +43,8 @@ impl Percentiles {
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
     pub(crate) concurrency: usize,
+    /// Calls started per second, when the run had a fixed rate.
+    pub(crate) rate: Option<f64>,
     pub(crate) accepted: usize,
     pub(crate) rejected: u64,
     pub(crate) completed: usize,
@@ -82,6 +84,7 @@ impl Report {
         let flows_window = last.saturating_duration_since(started).as_secs_f64();
         Self {
             concurrency,
+            rate: None,
             accepted: sent.len(),
             rejected,
             completed: completed_count,
@@ -107,13 +110,16 @@ impl Report {
             )
         };
         format!(
-            "concurrency            {}\n\
+            "concurrency            {}{}\n\
              accepted calls         {} ({} rejected), {:.1}/s\n\
              completed flows        {}, {:.1}/s\n\
              consistency            {} missing, {} duplicated: {}\n\
              latency (ms)                 p50       p90       p99       max\n\
              {}{}",
             self.concurrency,
+            self.rate
+                .map(|rate| format!(", calls started at {rate}/s"))
+                .unwrap_or_default(),
             self.accepted,
             self.rejected,
             self.accepted_per_second,
@@ -131,6 +137,7 @@ impl Report {
         let percentiles = |p: &Percentiles| json!({ "p50_ms": p.p50, "p90_ms": p.p90, "p99_ms": p.p99, "max_ms": p.max });
         json!({
             "concurrency": self.concurrency,
+            "rate": self.rate,
             "accepted": self.accepted,
             "rejected": self.rejected,
             "completed": self.completed,
