@@ -37,6 +37,10 @@ pub enum GatewayError {
 }
 
 /// Charges orders.
+///
+/// `charge` can be called more than once for one order: a redelivery after a crash between the
+/// charge and the commit, or a batch applied again without a message that failed in it. An
+/// implementation must be idempotent per `order_id`, as payment providers' idempotency keys are.
 pub trait PaymentGateway: Send + Sync + 'static {
     fn charge(
         &self,
