@@ -2,7 +2,7 @@
 # The benchmark: builds in release mode, starts the three services on their own databases
 # (bench_users, bench_orders, bench_payments, dropped at the end), ports and bus namespace, then
 # runs, against the local PostgreSQL and RabbitMQ on this machine:
-#   1. a warm-up (500 flows, not reported);
+#   1. a warm-up (2000 flows, not reported);
 #   2. idle: one call at a time, 20 calls per second (flows barely overlap);
 #   3. peak: concurrency 64, as fast as it goes, for BENCH_SECONDS (default 30);
 #   4. steady: a fixed rate of half the peak's completed flows per second, for BENCH_SECONDS;
@@ -67,8 +67,8 @@ snapshot() {
     "payment-service=${pids[payment-service]}"
 }
 
-log "warm-up: 500 flows"
-load --concurrency 16 --users 500 >/dev/null
+log "warm-up: 2000 flows"
+load --concurrency 16 --users 2000 >/dev/null
 log "idle: 200 flows, one call at a time, 20 calls/s"
 load --concurrency 1 --rate 20 --users 200 >"$out/idle.json"
 log "peak: concurrency 64 for ${seconds}s"

@@ -16,12 +16,16 @@ const DUPLICATE_DATABASE: &str = "42P04";
 
 /// Connects to the database `url` names, creating it first if it does not exist, and applies
 /// `messaging::migrator()` and then `migrator`.
-pub async fn connect_and_migrate(url: &SecretString, migrator: Migrator) -> anyhow::Result<PgPool> {
+pub async fn connect_and_migrate(
+    url: &SecretString,
+    pool_size: u32,
+    migrator: Migrator,
+) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url.expose_secret())
         .context("DATABASE_URL is not a valid Postgres URL")?;
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
-        .max_connections(16)
+        .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await

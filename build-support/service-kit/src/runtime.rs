@@ -60,7 +60,12 @@ impl ServiceRuntime {
         grpc_service: &'static str,
         consumes: &[Subscription],
     ) -> anyhow::Result<Self> {
-        let pool = database::connect_and_migrate(&settings.database_url, migrator).await?;
+        let pool = database::connect_and_migrate(
+            &settings.database_url,
+            settings.database_pool_size,
+            migrator,
+        )
+        .await?;
 
         let bus_task = TaskTracker::new();
         let bus_stop = CancellationToken::new();

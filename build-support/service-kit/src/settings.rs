@@ -40,6 +40,9 @@ pub struct CommonArgs {
     /// The service's own Postgres database [default: postgres://postgres@127.0.0.1:5432/<service db>]
     #[arg(long, env = "DATABASE_URL", value_parser = secret, hide_env_values = true)]
     pub database_url: Option<SecretString>,
+    /// Connections to the database at most (gRPC calls, consumers, relay and health share them).
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
+    pub database_pool_size: u32,
     /// The RabbitMQ broker.
     #[arg(long, env = "AMQP_URL", value_parser = secret, default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: SecretString,
@@ -90,6 +93,7 @@ fn secret(raw: &str) -> Result<SecretString, Infallible> {
 pub struct Settings {
     pub service_name: &'static str,
     pub database_url: SecretString,
+    pub database_pool_size: u32,
     pub amqp_url: SecretString,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -105,6 +109,10 @@ impl CommonArgs {
     /// Fills what was not given from `defaults` and validates the rest.
     pub fn resolve(self, defaults: &ServiceDefaults) -> anyhow::Result<Settings> {
         let namespace = Namespace::parse(&self.bus_namespace).context("invalid BUS_NAMESPACE")?;
+        anyhow::ensure!(
+            self.database_pool_size >= 2,
+            "DATABASE_POOL_SIZE must be at least 2 (the relay holds one while another commits)"
+        );
         anyhow::ensure!(
             self.consumer_workers >= 1 && self.consumer_prefetch >= 1 && self.consumer_batch >= 1,
             "CONSUMER_WORKERS, CONSUMER_PREFETCH and CONSUMER_BATCH must be at least 1"
@@ -124,6 +132,7 @@ impl CommonArgs {
                     defaults.database
                 ))
             }),
+            database_pool_size: self.database_pool_size,
             amqp_url: self.amqp_url,
             grpc_addr: self
                 .grpc_addr
@@ -177,6 +186,7 @@ mod tests {
         assert_eq!(settings.grpc_addr.to_string(), "0.0.0.0:50051");
         assert_eq!(settings.metrics_addr.to_string(), "0.0.0.0:9091");
         assert_eq!(settings.outbox_max_age, Duration::from_secs(60));
+        assert_eq!(settings.database_pool_size, 16);
         assert_eq!(settings.topology.exchange(), "events_exchange");
     }
 
@@ -242,6 +252,11 @@ mod tests {
             .resolve(&DEFAULTS)
             .expect_err("no workers");
         assert!(format!("{zero:#}").contains("at least 1"));
+        let pool = Cli::parse_from(["order-service", "--database-pool-size", "1"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("a pool of one");
+        assert!(format!("{pool:#}").contains("DATABASE_POOL_SIZE must be at least 2"));
     }
 
     #[test]

@@ -112,6 +112,7 @@ impl Sandbox {
             topology: self.topology.clone(),
             retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
             consumer: ConsumerTuning::default(),
+            database_pool_size: 16,
             rust_log: "info".into(),
             log_format: LogFormat::Text,
         }
