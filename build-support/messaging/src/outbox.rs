@@ -27,8 +27,8 @@ const NOTIFY_CHANNEL: &str = "outbox";
 /// Relay passes in flight at once, each in its own transaction.
 const PIPELINE: usize = 3;
 /// Every row the relay deletes leaves a dead tuple that slows the claim query until vacuumed.
-/// The relay vacuums the outbox itself after this many deletions, so a burst does not slow the
-/// next minutes (autovacuum may be slow, or off).
+/// By default the relay vacuums the outbox itself after this many deletions, so a burst does not
+/// slow the next minutes (autovacuum may be slow, or off).
 const VACUUM_AFTER_ROWS: usize = 10_000;
 /// Longest back-off between two attempts at one row.
 const MAX_BACKOFF_SECS: f64 = 30.0;
@@ -167,6 +167,7 @@ pub struct OutboxRelay {
     bus: Bus,
     batch_size: usize,
     poll_interval: Duration,
+    vacuum_after: usize,
 }
 
 impl OutboxRelay {
@@ -177,12 +178,19 @@ impl OutboxRelay {
             bus,
             batch_size: 256,
             poll_interval: Duration::from_secs(2),
+            vacuum_after: VACUUM_AFTER_ROWS,
         }
     }
 
     /// At most this many rows per transaction.
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Vacuums the outbox after this many deleted rows (at least 1).
+    pub fn with_vacuum_after(mut self, rows: usize) -> Self {
+        self.vacuum_after = rows.max(1);
         self
     }
 
@@ -207,7 +215,7 @@ impl OutboxRelay {
         let mut due = true;
         let mut deleted = 0;
         loop {
-            if deleted >= VACUUM_AFTER_ROWS {
+            if deleted >= self.vacuum_after {
                 deleted = 0;
                 // Beside the passes, never in their way.
                 tokio::spawn(vacuum(self.pool.clone()));

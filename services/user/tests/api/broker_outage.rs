@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use messaging::{Publisher, outbox};
+use messaging::{Bus, BusSettings, OutboxRelay, Publisher, outbox};
 use prost::Message;
 use proto::user::v1::UserCreated;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -15,6 +15,14 @@ use test_support::{
 };
 
 use crate::helpers::spawn_app_with_broker;
+
+/// How often Postgres has vacuumed the outbox (by hand or by the relay).
+async fn outbox_vacuums(db: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("select vacuum_count from pg_stat_user_tables where relname = 'outbox'")
+        .fetch_one(db)
+        .await
+        .expect("outbox stats")
+}
 
 #[tokio::test]
 async fn create_user_succeeds_while_the_broker_is_unreachable_and_publishes_once_it_is_back() {
@@ -87,4 +95,45 @@ async fn a_relay_killed_between_publish_and_delete_republishes_with_the_same_mes
     assert_eq!(second.data, first.data);
     eventually(|| async { app.outbox_rows().await == 0 }).await;
     assert_no_more_deliveries(&mut events, Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows() {
+    // Arrange: six events wait in the outbox; the service's own relay has no broker to reach.
+    let app = spawn_app_with_broker(&broker_url_at(unused_port())).await;
+    for i in 0..6 {
+        app.create_user(&format!("user{i}@example.com"), "User")
+            .await
+            .expect("created");
+    }
+    let before = outbox_vacuums(&app.db).await;
+
+    // Act: a relay with a broker, vacuuming after every five deleted rows.
+    let (tracker, stop) = (
+        tokio_util::task::TaskTracker::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let bus = Bus::start(
+        BusSettings {
+            url: test_support::broker_url(),
+            topology: app.topology().clone(),
+            app_id: "user-service".into(),
+            owned: Vec::new(),
+        },
+        &tracker,
+        stop.clone(),
+    );
+    let relay = tokio::spawn(
+        OutboxRelay::new(app.db.clone(), bus)
+            .with_vacuum_after(5)
+            .run(stop.clone()),
+    );
+
+    // Assert: the rows are published and deleted, and the outbox was vacuumed.
+    eventually(|| async { app.outbox_rows().await == 0 }).await;
+    eventually(|| async { outbox_vacuums(&app.db).await > before }).await;
+    stop.cancel();
+    relay.await.expect("the relay stops");
+    tracker.close();
+    tracker.wait().await;
 }
