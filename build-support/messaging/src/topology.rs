@@ -7,10 +7,10 @@
 //! before its consumer ever ran still waits in that consumer's durable queue.
 
 use lapin::{
-    Channel, Connection, ExchangeKind,
+    Channel, Connection, Consumer, ExchangeKind,
     options::{
-        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     },
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString},
@@ -117,6 +117,45 @@ impl Topology {
     /// The events exchange's full name.
     pub fn exchange(&self) -> String {
         self.namespace.apply(EXCHANGE)
+    }
+
+    /// Watches the events published with `routing_key` without taking them from anyone: a
+    /// private queue (exclusive, gone with the connection) bound to the events exchange, and a
+    /// consumer on it. Fails when the exchange does not exist yet.
+    pub async fn watch(
+        &self,
+        connection: &Connection,
+        routing_key: &str,
+    ) -> Result<Consumer, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.exchange().as_str().into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
     }
 
     /// The dead-letter exchange's full name.

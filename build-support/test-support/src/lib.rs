@@ -18,11 +18,7 @@ use futures_util::StreamExt;
 use lapin::{
     Connection, ConnectionProperties, Consumer,
     message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
-    types::FieldTable,
+    options::{BasicAckOptions, QueueDeleteOptions},
 };
 use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
@@ -191,38 +187,10 @@ pub async fn capture(amqp: &Connection, topology: &Topology, routing_key: &str) 
         .declare(amqp, messaging::topology::SUBSCRIPTIONS)
         .await
         .expect("the topology");
-    let channel = amqp.create_channel().await.expect("a channel");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    topology
+        .watch(amqp, routing_key)
         .await
-        .expect("a capture queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.exchange().into(),
-            routing_key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("the capture queue is bound");
-    channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("a consumer")
+        .expect("a capture queue and its consumer")
 }
 
 /// The next message on `consumer`, acked; panics after [`PATIENCE`].

@@ -60,7 +60,9 @@ pub(crate) struct CeilingArgs {
     /// Messages per consumer transaction and rows per relay pass (the consumers' batch size).
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Workers per consumer (the consumers' default).
+    /// Concurrent batch transactions per consumer step, and consumers on the scratch queue: enough
+    /// to load the machine (a service runs CONSUMER_WORKERS, default 1, per consumer; a busier
+    /// step gives a higher, stricter ceiling).
     #[arg(long, default_value_t = 4)]
     workers: usize,
     /// How long each throughput step runs.

@@ -19,11 +19,7 @@ use std::{
 use anyhow::Context;
 use clap::Parser;
 use futures_util::StreamExt;
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-};
+use lapin::{Connection, ConnectionProperties, options::BasicAckOptions};
 use messaging::{Namespace, Topology};
 use prost::Message;
 use proto::{
@@ -128,38 +124,9 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
     let amqp = Connection::connect(&cli.broker.amqp_url, ConnectionProperties::default())
         .await
         .context("cannot reach RabbitMQ")?;
-    let channel = amqp.create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.exchange().into(),
-            "payment_processed".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .context(
-            "cannot bind to the events exchange: is the stack running, with this BUS_NAMESPACE?",
-        )?;
-    let mut deliveries = channel
-        .basic_consume(
-            queue.name().clone(),
-            "loadgen".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut deliveries = topology.watch(&amqp, "payment_processed").await.context(
+        "cannot bind to the events exchange: is the stack running, with this BUS_NAMESPACE?",
+    )?;
     let watcher = {
         let observations = observations.clone();
         tokio::spawn(async move {
