@@ -12,6 +12,12 @@
 //! commit for many. When one message of a batch fails, the others are applied again without it,
 //! so a failure is settled for the message that caused it alone.
 //!
+//! A handler may have a first step that runs before the batch's transaction, outside it (see
+//! [`Handler`]): an effect on another system, such as a charge, is made there, never inside a
+//! transaction that may be rolled back or applied again, and its result is handed to the second
+//! step, which runs in the batch's transaction. Applying a batch again never runs the first
+//! step again.
+//!
 //! Failures are classified: a transient one is retried through the broker's delayed retry
 //! queues (see [`crate::retry`]) a bounded number of times; a permanent one goes to the
 //! dead-letter queue at once, with headers saying why. While a dependency is unavailable (the
@@ -120,17 +126,44 @@ pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, HandlerError> {
         .map_err(|_| HandlerError::Permanent(anyhow::anyhow!("{field} {raw:?} is not a UUID")))
 }
 
-/// Applies one kind of event. It runs inside the consumer's transaction and returns the events
-/// the message causes: its effect, the inbox row and those events' outbox rows commit together.
-/// The transaction may hold other messages of the same batch; a handler must not commit it.
+/// Applies one kind of event, in up to two steps.
+///
+/// [`Handler::prepare`] runs first, outside any transaction of the consumer's, once for each
+/// delivery of a batch: the place for an effect outside the service's database (a call to
+/// another system), which must never run inside a transaction that may be rolled back or applied
+/// again. It records what it needs in transactions of its own and hands its result to
+/// [`Handler::handle`]. A message it fails on is settled alone (retried, dead-lettered or
+/// requeued), and the rest go on.
+///
+/// [`Handler::handle`] runs inside the consumer's transaction and returns the events the message
+/// causes: its effect, the inbox row and those events' outbox rows commit together. The
+/// transaction may hold other messages of the same batch; a handler must not commit it. When
+/// another message of the batch fails, the batch is applied again without it, with the same
+/// prepared results: `prepare` is never run twice for one delivery.
 pub trait Handler: Send + Sync + 'static {
     /// The event this handler consumes.
     type Event: Event + Send + Sync;
+    /// What [`Handler::prepare`] hands to [`Handler::handle`] for one message (`()` for a
+    /// handler without a first step).
+    type Prepared: Default + Send + Sync;
+
+    /// The step outside the batch's transaction, for every message of a batch at once; the
+    /// result at index `i` belongs to `messages[i]`. By default there is nothing to prepare.
+    fn prepare(
+        &self,
+        pool: &PgPool,
+        messages: &[&Incoming<Self::Event>],
+    ) -> impl Future<Output = Vec<Result<Self::Prepared, HandlerError>>> + Send {
+        let _ = pool;
+        let prepared = messages.iter().map(|_| Ok(Self::Prepared::default()));
+        std::future::ready(prepared.collect())
+    }
 
     fn handle(
         &self,
         tx: &mut PgConnection,
         message: &Incoming<Self::Event>,
+        prepared: &Self::Prepared,
     ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
 }
 
@@ -212,14 +245,31 @@ enum Outcome {
 }
 
 /// A decoded delivery on its way through a batch.
-struct Pending<E> {
+struct Pending<E, P> {
     delivery: Delivery,
     message: Incoming<E>,
+    /// What the handler's first step found, once it ran.
+    prepared: P,
     /// Attempts before this delivery, from its headers.
     attempts: u32,
     /// The message's span, a child of the producer's trace.
     span: tracing::Span,
 }
+
+impl<E> Pending<E, ()> {
+    fn with_prepared<P>(self, prepared: P) -> Pending<E, P> {
+        Pending {
+            delivery: self.delivery,
+            message: self.message,
+            prepared,
+            attempts: self.attempts,
+            span: self.span,
+        }
+    }
+}
+
+/// A delivery of `H`'s batch with what its first step prepared.
+type Item<H> = Pending<<H as Handler>::Event, <H as Handler>::Prepared>;
 
 /// Why a batch did not commit: the handler failed on the message at index `at`, or (`None`) the
 /// batch as a whole failed (its begin, inbox, outbox or commit).
@@ -458,12 +508,13 @@ impl<H: Handler> EventConsumer<H> {
         Ok(session)
     }
 
-    /// Decodes a batch of deliveries (dead-lettering what does not decode), applies the rest
-    /// and settles every one of them.
+    /// Decodes a batch of deliveries (dead-lettering what does not decode), runs the handler's
+    /// first step on the rest (settling alone what it fails on), applies what remains and
+    /// settles every delivery.
     async fn process(&self, deliveries: Vec<Delivery>, publisher: &Publisher) {
         metrics::histogram!("consumer_batch_size", "consumer" => self.name)
             .record(deliveries.len() as f64);
-        let mut batch = Vec::with_capacity(deliveries.len());
+        let mut decoded = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
             let attempts = retry::attempts(&delivery);
             match decode::<H::Event>(&delivery) {
@@ -479,9 +530,10 @@ impl<H: Handler> EventConsumer<H> {
                         redelivered = delivery.redelivered,
                     );
                     trace_context::set_parent(&span, &message.traceparent);
-                    batch.push(Pending {
+                    decoded.push(Pending {
                         delivery,
                         message,
+                        prepared: (),
                         attempts,
                         span,
                     });
@@ -504,7 +556,73 @@ impl<H: Handler> EventConsumer<H> {
                 }
             }
         }
-        self.apply_and_settle(batch, publisher).await;
+        if let Some(batch) = self.prepare(decoded, publisher).await {
+            self.apply_and_settle(batch, publisher).await;
+        }
+    }
+
+    /// Runs the handler's first step for the batch, outside any transaction. What it failed on
+    /// is settled alone; the rest is returned with its prepared results. When a dependency is
+    /// unavailable, the whole batch goes back to the queue (and `None` is returned).
+    async fn prepare(
+        &self,
+        decoded: Vec<Pending<H::Event, ()>>,
+        publisher: &Publisher,
+    ) -> Option<Vec<Item<H>>> {
+        if decoded.is_empty() {
+            return None;
+        }
+        let started = std::time::Instant::now();
+        let messages: Vec<_> = decoded.iter().map(|pending| &pending.message).collect();
+        let mut prepared = self.handler.prepare(&self.pool, &messages).await;
+        let took = started.elapsed();
+        if prepared.len() != decoded.len() {
+            // A handler bug; applying without its first step could do harm, so nothing is.
+            tracing::error!(
+                consumer = self.name,
+                expected = decoded.len(),
+                got = prepared.len(),
+                "the handler prepared a different number of messages; requeueing the batch"
+            );
+            prepared = (0..decoded.len())
+                .map(|_| {
+                    Err(HandlerError::Unavailable(anyhow::anyhow!(
+                        "the handler's first step gave no result"
+                    )))
+                })
+                .collect();
+        }
+        if prepared
+            .iter()
+            .any(|result| matches!(result, Err(HandlerError::Unavailable(_))))
+        {
+            tracing::warn!(
+                consumer = self.name,
+                batch = decoded.len(),
+                "dependency unavailable; requeueing"
+            );
+            for pending in &decoded {
+                self.observe(&pending.message, took, Err("requeued"));
+            }
+            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+            settle(requeue_all(&decoded)).await;
+            return None;
+        }
+        let mut batch = Vec::with_capacity(decoded.len());
+        for (pending, result) in decoded.into_iter().zip(prepared) {
+            match result {
+                Ok(prepared) => batch.push(pending.with_prepared(prepared)),
+                Err(error) => {
+                    let item = pending.with_prepared(H::Prepared::default());
+                    self.observe(&item.message, took, Err(failure_outcome(&error)));
+                    let span = item.span.clone();
+                    self.settle_failure(item, error, publisher)
+                        .instrument(span)
+                        .await;
+                }
+            }
+        }
+        Some(batch)
     }
 
     /// Applies a batch in one transaction and acks it after the commit. A message the handler
@@ -512,7 +630,7 @@ impl<H: Handler> EventConsumer<H> {
     /// it; a batch that failed as a whole is applied again one message at a time, to find the
     /// message at fault. Every delivery on the worker's channel before this batch is settled
     /// already, so the batch is acked with one `multiple` ack.
-    async fn apply_and_settle(&self, batch: Vec<Pending<H::Event>>, publisher: &Publisher) {
+    async fn apply_and_settle(&self, batch: Vec<Item<H>>, publisher: &Publisher) {
         let mut queue = VecDeque::from([batch]);
         while let Some(mut batch) = queue.pop_front() {
             if batch.is_empty() {
@@ -586,12 +704,7 @@ impl<H: Handler> EventConsumer<H> {
     }
 
     /// Retries a failed message later, dead-letters it, or requeues it, as its failure says.
-    async fn settle_failure(
-        &self,
-        failed: Pending<H::Event>,
-        error: HandlerError,
-        publisher: &Publisher,
-    ) {
+    async fn settle_failure(&self, failed: Item<H>, error: HandlerError, publisher: &Publisher) {
         let Pending {
             delivery, attempts, ..
         } = failed;
@@ -681,7 +794,7 @@ impl<H: Handler> EventConsumer<H> {
     /// One transaction for the batch: its inbox rows in one insert, each new message's effect,
     /// and the outbox rows of everything they caused in one insert. Duplicates (already in the
     /// inbox, or twice in the batch) are skipped.
-    async fn apply(&self, batch: &[Pending<H::Event>]) -> Result<Vec<Outcome>, BatchFailure> {
+    async fn apply(&self, batch: &[Item<H>]) -> Result<Vec<Outcome>, BatchFailure> {
         let mut tx = self.pool.begin().await?;
         let ids: Vec<Uuid> = batch.iter().map(|p| p.message.message_id).collect();
         let mut fresh = inbox::record_all(&mut tx, self.name, &ids).await?;
@@ -694,7 +807,7 @@ impl<H: Handler> EventConsumer<H> {
             }
             let events = self
                 .handler
-                .handle(&mut tx, &pending.message)
+                .handle(&mut tx, &pending.message, &pending.prepared)
                 .instrument(pending.span.clone())
                 .await
                 .map_err(|error| BatchFailure {
@@ -788,7 +901,7 @@ async fn ack(delivery: &Delivery) -> Result<bool, lapin::Error> {
 }
 
 /// The delivery of the batch the broker sent last: settling it with `multiple` settles the batch.
-fn last<E>(batch: &[Pending<E>]) -> Option<&Delivery> {
+fn last<E, P>(batch: &[Pending<E, P>]) -> Option<&Delivery> {
     batch
         .iter()
         .map(|pending| &pending.delivery)
@@ -797,7 +910,7 @@ fn last<E>(batch: &[Pending<E>]) -> Option<&Delivery> {
 
 /// Acks every delivery of `batch`, and every earlier one still unsettled on the channel (there is
 /// none: a worker settles each batch before taking the next).
-async fn ack_all<E>(batch: &[Pending<E>]) -> Result<bool, lapin::Error> {
+async fn ack_all<E, P>(batch: &[Pending<E, P>]) -> Result<bool, lapin::Error> {
     match last(batch) {
         Some(delivery) if batch.len() > 1 => delivery.ack(BasicAckOptions { multiple: true }).await,
         Some(delivery) => ack(delivery).await,
@@ -806,7 +919,7 @@ async fn ack_all<E>(batch: &[Pending<E>]) -> Result<bool, lapin::Error> {
 }
 
 /// Returns every delivery of `batch` to the queue, like [`ack_all`].
-async fn requeue_all<E>(batch: &[Pending<E>]) -> Result<bool, lapin::Error> {
+async fn requeue_all<E, P>(batch: &[Pending<E, P>]) -> Result<bool, lapin::Error> {
     match last(batch) {
         Some(delivery) => {
             delivery

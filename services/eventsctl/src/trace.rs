@@ -141,7 +141,19 @@ pub(crate) async fn trace(
         }
     }
     for payment in &payments {
+        // The intent first, then the gateway's outcome: the time between is the charge's.
         if let Some(at) = time(payment.create_time) {
+            steps.push(Step {
+                at,
+                what: format!(
+                    "payment {} PROCESSING (intent recorded)",
+                    payment.payment_id
+                ),
+            });
+        }
+        if payment.status() != PaymentStatus::Processing
+            && let Some(at) = time(payment.process_time)
+        {
             let reason = if payment.status() == PaymentStatus::Declined {
                 format!(" ({})", payment.decline_reason)
             } else {

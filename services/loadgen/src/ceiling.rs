@@ -4,7 +4,9 @@
 //! On a scratch database with the services' own tables (their migrations), it runs the
 //! transactions the stack runs for a flow, with the same statements and batch sizes: the user
 //! service's insert of a user and its outbox row, the relay's claim-and-delete of outbox rows,
-//! and the three consumers' batches (inbox rows, effect, outbox rows). On a scratch durable
+//! and the three consumers' batches (inbox rows, effect, outbox rows; the payment step also
+//! records its intents and charges the simulator, each in a statement of its own, through the
+//! payment service's own functions). On a scratch durable
 //! queue it publishes persistent messages of the events' sizes with confirms, and consumes them
 //! with acks. Each step is measured twice: at full load for its throughput, and one at a time
 //! for its latency.
@@ -33,6 +35,11 @@ use lapin::{
     types::FieldTable,
 };
 use messaging::{Envelope, EventContext, TraceParent, inbox, outbox};
+use payment_service::{
+    domain::{PaymentIntent, PaymentOutcome},
+    gateway::{ChargeRequest, Latency, PaymentGateway, SimulatedGateway},
+    repository,
+};
 use proto::{
     order::v1::OrderCreated,
     payment::v1::{PaymentProcessed, PaymentStatus},
@@ -460,36 +467,46 @@ async fn order_tx(pool: &PgPool, batch: usize) -> anyhow::Result<Vec<Uuid>> {
     Ok(orders)
 }
 
-/// The payment service's order_created batch: inbox rows; per order its lock, the check for a
-/// payment, the payment; outbox rows.
+/// The payment service's order_created batch, with the service's own statements: the intents
+/// recorded in one statement, a charge through the simulator (its own statement) for each, then
+/// one transaction with the inbox rows, each outcome and the outbox rows.
 async fn payment_tx(pool: &PgPool, orders: &[Uuid]) -> anyhow::Result<u64> {
     if orders.is_empty() {
         return Ok(0);
+    }
+    let intents: Vec<_> = orders
+        .iter()
+        .map(|&order_id| PaymentIntent {
+            order_id,
+            user_id: Uuid::new_v4(),
+            amount_minor: 1900,
+            currency: "USD".into(),
+        })
+        .collect();
+    let payments = repository::record_intents(pool, &intents).await?;
+    let gateway = SimulatedGateway::new(pool.clone(), Latency::NONE);
+    let requests: Vec<_> = payments
+        .iter()
+        .map(|payment| ChargeRequest {
+            idempotency_key: payment.order_id,
+            order_id: payment.order_id,
+            customer_email: "ceiling@example.com".into(),
+            amount_minor: payment.amount_minor,
+            currency: payment.currency.clone(),
+        })
+        .collect();
+    let charges = requests.iter().map(|request| gateway.charge(request));
+    for charged in futures_util::future::join_all(charges).await {
+        charged?;
     }
     let mut tx = pool.begin().await?;
     inbox_rows(&mut tx, "payment_service", orders.len()).await?;
     let mut caused = Vec::with_capacity(orders.len());
     for &order_id in orders {
-        let (high, low) = order_id.as_u64_pair();
-        sqlx::query("select pg_advisory_xact_lock($1)")
-            .bind((high ^ low) as i64)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("select payment_id from payments where order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let payment_id = Uuid::now_v7();
-        sqlx::query(
-            "insert into payments (payment_id, order_id, user_id, amount_minor, currency, status) \
-             values ($1, $2, $3, 1900, 'USD', 'succeeded') returning payment_id",
-        )
-        .bind(payment_id)
-        .bind(order_id)
-        .bind(Uuid::new_v4())
-        .execute(&mut *tx)
-        .await?;
-        caused.push(payment_processed(payment_id, order_id));
+        let payment = repository::record_outcome(&mut tx, order_id, &PaymentOutcome::Succeeded)
+            .await?
+            .context("the payment was processing")?;
+        caused.push(Envelope::new(&payment.processed_event(), &context()));
     }
     outbox::enqueue_all(&mut tx, &caused).await?;
     tx.commit().await?;

@@ -16,7 +16,8 @@ async fn main() -> anyhow::Result<()> {
         return healthcheck::check(settings.grpc_addr).await;
     }
     let _telemetry = telemetry::init(&settings.rust_log, settings.log_format, DEFAULTS.name)?;
-    let application = payment_service::build(&settings)
+    let charging = cli.gateway.charge_settings()?;
+    let application = payment_service::build(&settings, charging, cli.gateway.gateway_latency)
         .await
         .context("payment-service failed to start")?;
     application.run_until_stopped(shutdown::signal()).await

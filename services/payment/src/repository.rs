@@ -1,17 +1,17 @@
-//! The `payments` table.
+//! The `payments` table: a payment's intent is recorded before its charge, its outcome after.
 
 use chrono::{DateTime, Utc};
 use service_kit::{
     pagination::PageToken,
     repository::{CorruptRow, RepositoryError},
 };
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{NewPayment, Payment, PaymentStatus};
+use crate::domain::{Payment, PaymentIntent, PaymentOutcome, PaymentStatus};
 
-const COLUMNS: &str =
-    "payment_id, order_id, user_id, amount_minor, currency, status, decline_reason, create_time";
+const COLUMNS: &str = "payment_id, order_id, user_id, amount_minor, currency, status, \
+                       decline_reason, create_time, process_time";
 
 #[derive(sqlx::FromRow)]
 struct PaymentRow {
@@ -23,6 +23,7 @@ struct PaymentRow {
     status: String,
     decline_reason: Option<String>,
     create_time: DateTime<Utc>,
+    process_time: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<PaymentRow> for Payment {
@@ -44,46 +45,84 @@ impl TryFrom<PaymentRow> for Payment {
             status,
             decline_reason: row.decline_reason,
             create_time: row.create_time,
+            process_time: row.process_time,
         })
     }
 }
 
-/// Serializes the handling of one order until the transaction ends, so two deliveries of the
-/// same order (even under different message ids) never charge it twice.
-///
-/// The lock key folds all 128 bits of the id: the high half of a UUIDv7 is mostly its
-/// timestamp, which orders created in the same millisecond share, and sharing a key would make
-/// unrelated orders wait on each other (and deadlock across batches).
-pub async fn lock_order(tx: &mut PgConnection, order_id: Uuid) -> Result<(), sqlx::Error> {
-    let (high, low) = order_id.as_u64_pair();
-    sqlx::query("select pg_advisory_xact_lock($1)")
-        .bind((high ^ low) as i64)
-        .execute(tx)
-        .await?;
-    Ok(())
-}
-
-/// Stores a payment with a new id. The caller holds [`lock_order`], so the order has none yet.
-pub async fn insert(
-    executor: impl PgExecutor<'_>,
-    payment: &NewPayment,
-) -> Result<Payment, RepositoryError> {
-    let row: PaymentRow = sqlx::query_as(&format!(
-        "insert into payments \
-         (payment_id, order_id, user_id, amount_minor, currency, status, decline_reason) \
-         values ($1, $2, $3, $4, $5, $6, $7) \
+/// Records the intent to charge each order that has no payment yet (status `processing`), in
+/// one statement that commits on its own, and returns the payment of every order asked about:
+/// the new intents and the payments recorded before (processing or with their outcome).
+pub async fn record_intents(
+    pool: &PgPool,
+    intents: &[PaymentIntent],
+) -> Result<Vec<Payment>, RepositoryError> {
+    let mut intents: Vec<_> = intents.iter().collect();
+    // Keys in one order, so two batches inserting overlapping orders wait instead of
+    // deadlocking.
+    intents.sort_by_key(|intent| intent.order_id);
+    intents.dedup_by_key(|intent| intent.order_id);
+    let order_ids: Vec<Uuid> = intents.iter().map(|intent| intent.order_id).collect();
+    let inserted: Vec<PaymentRow> = sqlx::query_as(&format!(
+        "insert into payments (payment_id, order_id, user_id, amount_minor, currency, status) \
+         select payment_id, order_id, user_id, amount_minor, currency, 'processing' \
+         from unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::text[]) \
+              as intent(payment_id, order_id, user_id, amount_minor, currency) \
+         order by order_id \
+         on conflict (order_id) do nothing \
          returning {COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
-    .bind(payment.order_id)
-    .bind(payment.user_id)
-    .bind(payment.amount_minor)
-    .bind(&payment.currency)
-    .bind(payment.status.as_str())
-    .bind(&payment.decline_reason)
-    .fetch_one(executor)
+    .bind(intents.iter().map(|_| Uuid::now_v7()).collect::<Vec<_>>())
+    .bind(&order_ids)
+    .bind(intents.iter().map(|i| i.user_id).collect::<Vec<_>>())
+    .bind(intents.iter().map(|i| i.amount_minor).collect::<Vec<_>>())
+    .bind(
+        intents
+            .iter()
+            .map(|i| i.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(pool)
     .await?;
-    Ok(Payment::try_from(row)?)
+    let mut payments = inserted
+        .into_iter()
+        .map(Payment::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    if payments.len() < order_ids.len() {
+        // Some orders had a payment already. A fresh statement sees it even if it was
+        // committed while the insert above ran.
+        let recorded: Vec<PaymentRow> = sqlx::query_as(&format!(
+            "select {COLUMNS} from payments where order_id = any($1) and not payment_id = any($2)"
+        ))
+        .bind(&order_ids)
+        .bind(payments.iter().map(|p| p.payment_id).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+        for row in recorded {
+            payments.push(Payment::try_from(row)?);
+        }
+    }
+    Ok(payments)
+}
+
+/// Records the gateway's outcome of the order's payment, if it is still processing; `None` when
+/// its outcome was recorded already (by another delivery of the same order).
+pub async fn record_outcome(
+    tx: &mut PgConnection,
+    order_id: Uuid,
+    outcome: &PaymentOutcome,
+) -> Result<Option<Payment>, RepositoryError> {
+    let row: Option<PaymentRow> = sqlx::query_as(&format!(
+        "update payments set status = $2, decline_reason = $3, process_time = now() \
+         where order_id = $1 and status = 'processing' \
+         returning {COLUMNS}"
+    ))
+    .bind(order_id)
+    .bind(outcome.status().as_str())
+    .bind(outcome.decline_reason())
+    .fetch_optional(tx)
+    .await?;
+    Ok(row.map(Payment::try_from).transpose()?)
 }
 
 /// The payment with this id, if any.
@@ -95,20 +134,6 @@ pub async fn find(
         "select {COLUMNS} from payments where payment_id = $1"
     ))
     .bind(payment_id)
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.map(Payment::try_from).transpose()?)
-}
-
-/// The payment of this order, if any.
-pub async fn find_by_order(
-    executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-) -> Result<Option<Payment>, RepositoryError> {
-    let row: Option<PaymentRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from payments where order_id = $1"
-    ))
-    .bind(order_id)
     .fetch_optional(executor)
     .await?;
     Ok(row.map(Payment::try_from).transpose()?)

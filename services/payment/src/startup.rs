@@ -5,11 +5,12 @@ use std::sync::Arc;
 use messaging::topology::PAYMENT_SERVICE_ORDER_CREATED;
 use proto::payment::v1::payment_service_server::PaymentServiceServer;
 use service_kit::{Application, ServiceRuntime, Settings};
+use sqlx::PgPool;
 
 use crate::{
-    gateway::{PaymentGateway, SimulatedGateway},
+    gateway::{Latency, PaymentGateway, SimulatedGateway},
     grpc::PaymentApi,
-    handlers::OrderCreatedHandler,
+    handlers::{ChargeSettings, OrderCreatedHandler},
 };
 
 /// The full gRPC name health and reflection report.
@@ -17,16 +18,25 @@ pub const GRPC_SERVICE: &str = "payment.v1.PaymentService";
 /// The consumer name in the inbox.
 const CONSUMER: &str = "payment_service";
 
-/// The service with the simulated gateway.
-pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-    build_with_gateway(settings, SimulatedGateway::default()).await
+/// The service with the simulated gateway answering after `latency`.
+pub async fn build(
+    settings: &Settings,
+    charging: ChargeSettings,
+    latency: Latency,
+) -> anyhow::Result<Application> {
+    build_with_gateway(settings, charging, |pool| {
+        SimulatedGateway::new(pool, latency)
+    })
+    .await
 }
 
 /// Migrates the database, connects the bus, starts the relay and the consumer charging through
-/// `gateway`, and binds the listener.
-pub async fn build_with_gateway(
+/// the gateway `gateway` makes (given the service's database, which the simulator keeps its
+/// records in), and binds the listener.
+pub async fn build_with_gateway<G: PaymentGateway>(
     settings: &Settings,
-    gateway: impl PaymentGateway,
+    charging: ChargeSettings,
+    gateway: impl FnOnce(PgPool) -> G,
 ) -> anyhow::Result<Application> {
     let runtime = ServiceRuntime::start(
         settings,
@@ -35,10 +45,11 @@ pub async fn build_with_gateway(
         &[PAYMENT_SERVICE_ORDER_CREATED],
     )
     .await?;
+    let gateway = Arc::new(gateway(runtime.pool.clone()));
     runtime.spawn_consumer(
         CONSUMER,
         PAYMENT_SERVICE_ORDER_CREATED,
-        OrderCreatedHandler::new(Arc::new(gateway)),
+        OrderCreatedHandler::new(gateway, charging),
     );
     let api = PaymentApi::new(runtime.pool.clone());
     Ok(runtime

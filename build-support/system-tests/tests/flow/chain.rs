@@ -193,11 +193,11 @@ async fn eventsctl_trace_draws_the_users_flow_from_the_read_apis() {
     let text = trace(user.user_id.clone()).await;
     let by_correlation = trace(user.correlation_id.clone()).await;
 
-    // Assert: four steps in causal order, then the total.
+    // Assert: five steps in causal order, then the total.
     assert!(!user.correlation_id.is_empty());
     assert_eq!(by_correlation, text);
     let lines: Vec<_> = text.lines().collect();
-    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines.len(), 6, "{text}");
     assert!(
         lines[0].contains(&format!(
             "user {} created: ada+decline@example.com",
@@ -209,10 +209,11 @@ async fn eventsctl_trace_draws_the_users_flow_from_the_read_apis() {
         lines[1].contains(&format!("order {} created: 9.99 USD", order.order_id)),
         "{text}"
     );
+    assert!(lines[2].contains("PROCESSING (intent recorded)"), "{text}");
     assert!(
-        lines[2].contains("PAYMENT_STATUS_DECLINED (card_declined)"),
+        lines[3].contains("PAYMENT_STATUS_DECLINED (card_declined)"),
         "{text}"
     );
-    assert!(lines[3].contains("ORDER_STATUS_PAYMENT_DECLINED"), "{text}");
-    assert!(lines[4].starts_with("total "), "{text}");
+    assert!(lines[4].contains("ORDER_STATUS_PAYMENT_DECLINED"), "{text}");
+    assert!(lines[5].starts_with("total "), "{text}");
 }

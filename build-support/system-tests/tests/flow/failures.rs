@@ -150,7 +150,10 @@ async fn a_failing_payment_is_dead_lettered_and_later_users_still_pay() {
     );
     let orders = stack.orders_of(&failing.user_id).await;
     assert_eq!(orders[0].status(), OrderStatus::PendingPayment);
-    assert!(stack.payments_of(&failing.user_id).await.is_empty());
+    // Its intent stays PROCESSING, and nothing was charged.
+    let payments = stack.payments_of(&failing.user_id).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0].status(), PaymentStatus::Processing);
 }
 
 /// A gateway that fails permanently until it is repaired, like a misconfigured account.
@@ -190,10 +193,10 @@ async fn eventsctl(stack: &Stack, args: &[&str]) -> String {
 async fn replaying_a_dead_letter_whose_cause_was_fixed_completes_the_flow_once() {
     // Arrange: the gateway is broken, so the payment dead-letters.
     let broken = Arc::new(AtomicBool::new(true));
-    let stack = spawn_stack_with_gateway(RepairableGateway {
+    let repairable = RepairableGateway {
         broken: broken.clone(),
-    })
-    .await;
+    };
+    let stack = spawn_stack_with_gateway(|_| repairable).await;
     let user = stack.create_user("ada@example.com").await;
     let dlq = stack.sandbox.topology.dead_letter_queue(&SUBSCRIPTIONS[1]);
     test_support::eventually(|| async { test_support::queue_depth(&stack.amqp, &dlq).await == 1 })

@@ -3,7 +3,10 @@
 
 use lapin::Connection;
 use order_service::domain::PriceList;
-use payment_service::gateway::{PaymentGateway, SimulatedGateway};
+use payment_service::{
+    gateway::{Latency, PaymentGateway, SimulatedGateway},
+    handlers::ChargeSettings,
+};
 use proto::{
     order::v1::{ListOrdersRequest, Order, OrderStatus, order_service_client::OrderServiceClient},
     payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
@@ -26,8 +29,11 @@ pub struct Stack {
     pub sandbox: Sandbox,
 }
 
-/// The user and order services, and the payment service charging through `gateway`.
-pub async fn spawn_stack_with_gateway(gateway: impl PaymentGateway) -> Stack {
+/// The user and order services, and the payment service charging through the gateway `gateway`
+/// makes (given the payment service's database).
+pub async fn spawn_stack_with_gateway<G: PaymentGateway>(
+    gateway: impl FnOnce(PgPool) -> G,
+) -> Stack {
     let mut stack = spawn_stack_without_payment().await;
     stack.start_payment_service_with(gateway).await;
     stack
@@ -94,18 +100,25 @@ async fn start_order_service(sandbox: &Sandbox, amqp_url: &str) -> Running {
 impl Stack {
     /// Starts the payment service (again).
     pub async fn start_payment_service(&mut self) {
-        self.start_payment_service_with(SimulatedGateway::default())
+        self.start_payment_service_with(|pool| SimulatedGateway::new(pool, Latency::NONE))
             .await;
     }
 
-    /// Starts the payment service charging through `gateway`.
-    pub async fn start_payment_service_with(&mut self, gateway: impl PaymentGateway) {
+    /// Starts the payment service charging through the gateway `gateway` makes.
+    pub async fn start_payment_service_with<G: PaymentGateway>(
+        &mut self,
+        gateway: impl FnOnce(PgPool) -> G,
+    ) {
         let settings = self
             .sandbox
             .settings("payment-service", "payments", &self.amqp_url);
-        let app = payment_service::startup::build_with_gateway(&settings, gateway)
-            .await
-            .expect("the payment service starts");
+        let app = payment_service::startup::build_with_gateway(
+            &settings,
+            ChargeSettings::default(),
+            gateway,
+        )
+        .await
+        .expect("the payment service starts");
         let running = Running::ready(app, payment_service::startup::GRPC_SERVICE).await;
         self.payments = Some(PaymentServiceClient::new(running.channel.clone()));
         self.services.push(running);

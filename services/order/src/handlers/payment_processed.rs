@@ -12,12 +12,14 @@ pub struct PaymentProcessedHandler;
 
 impl Handler for PaymentProcessedHandler {
     type Event = PaymentProcessed;
+    type Prepared = ();
 
     #[tracing::instrument(skip_all, fields(order_id = %message.event.order_id), err)]
     async fn handle(
         &self,
         tx: &mut PgConnection,
         message: &Incoming<PaymentProcessed>,
+        _: &(),
     ) -> Result<Vec<Envelope>, HandlerError> {
         let event = &message.event;
         let order_id = parse_id("order_id", &event.order_id)?;

@@ -25,12 +25,14 @@ impl UserCreatedHandler {
 
 impl Handler for UserCreatedHandler {
     type Event = UserCreated;
+    type Prepared = ();
 
     #[tracing::instrument(skip_all, fields(user_id = %message.event.user_id), err)]
     async fn handle(
         &self,
         tx: &mut PgConnection,
         message: &Incoming<UserCreated>,
+        _: &(),
     ) -> Result<Vec<Envelope>, HandlerError> {
         let event = &message.event;
         let user_id = parse_id("user_id", &event.user_id)?;

@@ -2,4 +2,4 @@
 
 mod payment;
 
-pub use payment::{NewPayment, Payment, PaymentStatus};
+pub use payment::{Payment, PaymentIntent, PaymentOutcome, PaymentStatus};

@@ -5,9 +5,11 @@ use proto::payment::v1 as pb;
 use service_kit::proto_time::to_timestamp;
 use uuid::Uuid;
 
-/// How a charge ended.
+/// Where a payment stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentStatus {
+    /// The intent is recorded; the gateway's outcome is not (yet).
+    Processing,
     Succeeded,
     Declined,
 }
@@ -16,6 +18,7 @@ impl PaymentStatus {
     /// The value stored in `payments.status`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Processing => "processing",
             Self::Succeeded => "succeeded",
             Self::Declined => "declined",
         }
@@ -23,28 +26,50 @@ impl PaymentStatus {
 
     /// Reads a `payments.status` value.
     pub fn from_db(value: &str) -> Option<Self> {
-        [Self::Succeeded, Self::Declined]
+        [Self::Processing, Self::Succeeded, Self::Declined]
             .into_iter()
             .find(|status| status.as_str() == value)
     }
 
     pub fn to_proto(self) -> pb::PaymentStatus {
         match self {
+            Self::Processing => pb::PaymentStatus::Processing,
             Self::Succeeded => pb::PaymentStatus::Succeeded,
             Self::Declined => pb::PaymentStatus::Declined,
         }
     }
 }
 
-/// The outcome of charging an order, to be stored.
+/// The intent to charge an order, recorded before the gateway is called.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewPayment {
+pub struct PaymentIntent {
     pub order_id: Uuid,
     pub user_id: Uuid,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: PaymentStatus,
-    pub decline_reason: Option<String>,
+}
+
+/// The gateway's final answer for a payment, to be recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PaymentOutcome {
+    Succeeded,
+    Declined { reason: String },
+}
+
+impl PaymentOutcome {
+    pub fn status(&self) -> PaymentStatus {
+        match self {
+            Self::Succeeded => PaymentStatus::Succeeded,
+            Self::Declined { .. } => PaymentStatus::Declined,
+        }
+    }
+
+    pub fn decline_reason(&self) -> Option<&str> {
+        match self {
+            Self::Succeeded => None,
+            Self::Declined { reason } => Some(reason),
+        }
+    }
 }
 
 /// A payment as stored.
@@ -57,7 +82,10 @@ pub struct Payment {
     pub currency: String,
     pub status: PaymentStatus,
     pub decline_reason: Option<String>,
+    /// When the intent was recorded.
     pub create_time: DateTime<Utc>,
+    /// When the outcome was recorded; `None` while processing.
+    pub process_time: Option<DateTime<Utc>>,
 }
 
 impl Payment {
@@ -71,7 +99,7 @@ impl Payment {
             decline_reason: self.decline_reason.clone().unwrap_or_default(),
             amount_minor: self.amount_minor,
             currency: self.currency.clone(),
-            process_time: Some(to_timestamp(self.create_time)),
+            process_time: self.process_time.map(to_timestamp),
         }
     }
 }
@@ -87,6 +115,7 @@ impl From<Payment> for pb::Payment {
             status: payment.status.to_proto().into(),
             decline_reason: payment.decline_reason.unwrap_or_default(),
             create_time: Some(to_timestamp(payment.create_time)),
+            process_time: payment.process_time.map(to_timestamp),
         }
     }
 }
@@ -97,7 +126,11 @@ mod tests {
 
     #[test]
     fn statuses_round_trip_through_the_database_value() {
-        for status in [PaymentStatus::Succeeded, PaymentStatus::Declined] {
+        for status in [
+            PaymentStatus::Processing,
+            PaymentStatus::Succeeded,
+            PaymentStatus::Declined,
+        ] {
             assert_eq!(PaymentStatus::from_db(status.as_str()), Some(status));
         }
     }

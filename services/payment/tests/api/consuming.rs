@@ -135,5 +135,8 @@ async fn a_permanent_gateway_failure_goes_to_the_dead_letter_queue_and_the_consu
         .topology()
         .dead_letter_queue(&PAYMENT_SERVICE_ORDER_CREATED);
     eventually(|| async { test_support::queue_depth(&app.amqp, &dlq).await == 1 }).await;
-    assert!(app.payments_of_order(&failing.order_id).await.is_empty());
+    let failing = app.payments_of_order(&failing.order_id).await;
+    assert_eq!(failing.len(), 1);
+    assert_eq!(failing[0].status(), PaymentStatus::Processing);
+    assert_eq!(app.charges_of(&failing[0].order_id).await.successful, 0);
 }

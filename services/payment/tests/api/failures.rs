@@ -11,6 +11,7 @@ use messaging::{
     topology::PAYMENT_SERVICE_ORDER_CREATED,
 };
 use payment_service::gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway};
+use proto::payment::v1::PaymentStatus;
 use test_support::eventually_some;
 
 use crate::helpers::{order_created, spawn_app, spawn_app_with_gateway};
@@ -68,7 +69,7 @@ async fn a_permanent_failure_is_dead_lettered_at_once_with_what_failed_where_and
 #[tokio::test]
 async fn a_transient_failure_is_retried_with_back_off_then_dead_lettered_when_retries_run_out() {
     // Arrange: three retry delays in tests, so the fourth failure is the last.
-    let app = spawn_app_with_gateway(AlwaysTimesOut).await;
+    let app = spawn_app_with_gateway(|_| AlwaysTimesOut).await;
     let (order, envelope) = order_created("ada@example.com");
     let dlq = app
         .topology()
@@ -92,5 +93,9 @@ async fn a_transient_failure_is_retried_with_back_off_then_dead_lettered_when_re
         started.elapsed() >= std::time::Duration::from_millis(700),
         "the retries waited 100 + 200 + 400 ms"
     );
-    assert!(app.payments_of_order(&order.order_id).await.is_empty());
+    // The intent stays, without an outcome: a replay of the dead letter resumes it.
+    let payments = app.payments_of_order(&order.order_id).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0].status(), PaymentStatus::Processing);
+    assert!(payments[0].process_time.is_none());
 }

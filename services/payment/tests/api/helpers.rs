@@ -3,10 +3,15 @@
 
 use lapin::{Connection, Consumer};
 use messaging::{Envelope, Topology};
-use payment_service::gateway::{PaymentGateway, SimulatedGateway};
+use payment_service::{
+    gateway::{Latency, PaymentGateway, SimulatedCharges, SimulatedGateway},
+    handlers::ChargeSettings,
+};
 use proto::{
     order::v1::OrderCreated,
-    payment::v1::{ListPaymentsRequest, Payment, payment_service_client::PaymentServiceClient},
+    payment::v1::{
+        ListPaymentsRequest, Payment, PaymentStatus, payment_service_client::PaymentServiceClient,
+    },
     user::v1::Plan,
 };
 use sqlx::PgPool;
@@ -26,16 +31,32 @@ pub struct TestApp {
 
 /// The payment service with the simulated gateway, ready before it returns.
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with_gateway(SimulatedGateway::default()).await
+    spawn_app_with_gateway(simulator).await
 }
 
-/// The payment service charging through `gateway`, ready before it returns.
-pub async fn spawn_app_with_gateway(gateway: impl PaymentGateway) -> TestApp {
-    let sandbox = Sandbox::new();
+/// The simulated gateway, answering at once, on the service's database.
+pub fn simulator(pool: PgPool) -> SimulatedGateway {
+    SimulatedGateway::new(pool, Latency::NONE)
+}
+
+/// The payment service charging through the gateway `gateway` makes, ready before it returns.
+pub async fn spawn_app_with_gateway<G: PaymentGateway>(
+    gateway: impl FnOnce(PgPool) -> G,
+) -> TestApp {
+    spawn_app_in(Sandbox::new(), gateway).await
+}
+
+/// The payment service in `sandbox` (where events may wait already), charging through the
+/// gateway `gateway` makes.
+pub async fn spawn_app_in<G: PaymentGateway>(
+    sandbox: Sandbox,
+    gateway: impl FnOnce(PgPool) -> G,
+) -> TestApp {
     let settings = sandbox.settings("payment-service", "payments", &test_support::broker_url());
-    let application = payment_service::startup::build_with_gateway(&settings, gateway)
-        .await
-        .expect("the service starts");
+    let application =
+        payment_service::startup::build_with_gateway(&settings, ChargeSettings::default(), gateway)
+            .await
+            .expect("the service starts");
     let service = Running::ready(application, payment_service::startup::GRPC_SERVICE).await;
     TestApp {
         client: PaymentServiceClient::new(service.channel.clone()),
@@ -46,7 +67,29 @@ pub async fn spawn_app_with_gateway(gateway: impl PaymentGateway) -> TestApp {
     }
 }
 
+/// Publishes `envelopes` as the order service would, before any payment service runs in
+/// `sandbox`: they wait in the queue, and the service's first batch takes them together.
+pub async fn publish_before_start(sandbox: &Sandbox, envelopes: &[Envelope]) {
+    let amqp = test_support::broker().await;
+    sandbox
+        .topology
+        .declare(&amqp, messaging::topology::SUBSCRIPTIONS)
+        .await
+        .expect("the topology");
+    for envelope in envelopes {
+        test_support::publish(&amqp, &sandbox.topology, "test", envelope).await;
+    }
+}
+
 impl TestApp {
+    /// What the simulated gateway recorded for `order_id`.
+    pub async fn charges_of(&self, order_id: &str) -> SimulatedCharges {
+        let order_id = order_id.parse().expect("an order id");
+        payment_service::gateway::simulated_charges(&self.db, order_id)
+            .await
+            .expect("the simulator's records")
+    }
+
     pub fn topology(&self) -> &Topology {
         &self.sandbox.topology
     }
@@ -83,10 +126,26 @@ impl TestApp {
             .payments
     }
 
-    /// The payment of `order_id`, once there is one.
+    /// The payment of `order_id`, once it has `status`.
+    pub async fn payment_of_status(&self, order_id: &str, status: PaymentStatus) -> Payment {
+        test_support::eventually_some(|| async {
+            self.payments_of_order(order_id)
+                .await
+                .pop()
+                .filter(|payment| payment.status() == status)
+        })
+        .await
+    }
+
+    /// The payment of `order_id`, once its outcome is recorded.
     pub async fn payment_of(&self, order_id: &str) -> Payment {
-        test_support::eventually_some(|| async { self.payments_of_order(order_id).await.pop() })
-            .await
+        test_support::eventually_some(|| async {
+            self.payments_of_order(order_id)
+                .await
+                .pop()
+                .filter(|payment| payment.status() != PaymentStatus::Processing)
+        })
+        .await
     }
 }
 
