@@ -4,10 +4,22 @@
 //! confirm-mode publish channel and announces it on a watch channel. When the connection or the
 //! channel dies it announces `None`, and starts over, so nothing else has to handle reconnects:
 //! the outbox relay and the consumers just follow the watch.
+//!
+//! A connection whose broker stops answering (a stalled or blackholed network, a broker that no
+//! longer reads) does not close by itself. Two mechanisms notice it: AMQP heartbeats, negotiated
+//! at [`BusSettings::heartbeat`], make the client close a connection that received nothing for
+//! two heartbeats (and the broker drop a silent client); and a probe, a round trip on a channel
+//! of its own every half heartbeat, marks the bus unresponsive when an answer takes longer than
+//! one heartbeat, so health says NOT_SERVING within two heartbeats, before the connection is
+//! replaced, and SERVING again as soon as the broker answers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, options::BasicQosOptions, uri::AMQPUri};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -23,6 +35,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// connection while it is still starting can otherwise stall the handshake for good.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RETRY: Duration = Duration::from_secs(10);
+/// The heartbeat when none is configured: a stalled connection is noticed within seconds.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// What the supervisor needs to connect.
 #[derive(Debug, Clone)]
@@ -34,6 +48,8 @@ pub struct BusSettings {
     pub app_id: String,
     /// The queues this service consumes: their declaration must succeed.
     pub owned: Vec<Subscription>,
+    /// The AMQP heartbeat to negotiate (whole seconds, at least one), unless the URL sets one.
+    pub heartbeat: Duration,
 }
 
 /// A live connection, with the topology declared.
@@ -47,6 +63,7 @@ pub struct Connected {
 #[derive(Debug, Clone)]
 pub struct Bus {
     state: watch::Receiver<Option<Connected>>,
+    responsive: watch::Receiver<bool>,
     topology: Topology,
     app_id: String,
 }
@@ -55,11 +72,13 @@ impl Bus {
     /// Starts supervising the connection on `tracker`; it is closed once `stop` is cancelled.
     pub fn start(settings: BusSettings, tracker: &TaskTracker, stop: CancellationToken) -> Self {
         let (sender, state) = watch::channel(None);
+        let (responsive_sender, responsive) = watch::channel(true);
         let topology = settings.topology.clone();
         let app_id = settings.app_id.clone();
-        tracker.spawn(supervise(settings, sender, stop));
+        tracker.spawn(supervise(settings, sender, responsive_sender, stop));
         Self {
             state,
+            responsive,
             topology,
             app_id,
         }
@@ -84,11 +103,18 @@ impl Bus {
     pub fn watch(&self) -> watch::Receiver<Option<Connected>> {
         self.state.clone()
     }
+
+    /// Whether the broker answers on the current connection: `false` while a probe waits longer
+    /// than a heartbeat for its answer (a stalled connection), `true` again once one is answered.
+    pub fn watch_responsive(&self) -> watch::Receiver<bool> {
+        self.responsive.clone()
+    }
 }
 
 async fn supervise(
     settings: BusSettings,
     state: watch::Sender<Option<Connected>>,
+    responsive: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
     let mut retry_in = FIRST_RETRY;
@@ -100,14 +126,23 @@ async fn supervise(
             }
         };
         match attempt {
-            Ok(connected) => {
+            Ok((connected, probe)) => {
                 tracing::info!(exchange = %settings.topology.exchange(), "connected to RabbitMQ");
                 retry_in = FIRST_RETRY;
                 let connection = connected.connection.clone();
                 let publisher = connected.publisher.clone();
+                responsive.send_replace(true);
                 state.send_replace(Some(connected));
-                let stopping = wait_until_lost(&connection, &publisher, &stop).await;
+                let watching = Watching {
+                    connection: &connection,
+                    publisher: &publisher,
+                    probe: &probe,
+                    heartbeat: heartbeat_of(&settings),
+                    responsive: &responsive,
+                };
+                let stopping = watching.until_lost(&stop).await;
                 state.send_replace(None);
+                responsive.send_replace(true);
                 if stopping {
                     if let Err(error) = connection.close(200, "shutting down".into()).await {
                         tracing::debug!(%error, "closing the RabbitMQ connection");
@@ -133,14 +168,40 @@ async fn supervise(
 enum ConnectError {
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
+    #[error("AMQP_URL is not a valid AMQP URL: {0}")]
+    Url(String),
     #[error("no connection within {0:?}")]
     TimedOut(Duration),
 }
 
-async fn connect(settings: &BusSettings) -> Result<Connected, ConnectError> {
+/// The heartbeat in whole seconds, as AMQP negotiates it.
+fn heartbeat_seconds(heartbeat: Duration) -> u16 {
+    u16::try_from(heartbeat.as_secs().max(1)).unwrap_or(u16::MAX)
+}
+
+/// The heartbeat the connection runs with: the URL's `heartbeat` if it sets one, else the
+/// setting.
+fn heartbeat_of(settings: &BusSettings) -> Duration {
+    let from_url = settings
+        .url
+        .parse::<AMQPUri>()
+        .ok()
+        .and_then(|uri| uri.query.heartbeat)
+        .filter(|&seconds| seconds > 0);
+    Duration::from_secs(u64::from(
+        from_url.unwrap_or_else(|| heartbeat_seconds(settings.heartbeat)),
+    ))
+}
+
+/// Connects, declares the topology, opens the publisher and the probe's channel.
+async fn connect(settings: &BusSettings) -> Result<(Connected, Channel), ConnectError> {
+    let mut uri: AMQPUri = settings.url.parse().map_err(ConnectError::Url)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(heartbeat_seconds(settings.heartbeat));
+    }
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
-    let connection = Connection::connect(&settings.url, properties).await?;
+    let connection = Connection::connect_uri(uri, properties).await?;
     settings
         .topology
         .declare(&connection, &settings.owned)
@@ -151,27 +212,74 @@ async fn connect(settings: &BusSettings) -> Result<Connected, ConnectError> {
         settings.app_id.clone(),
     )
     .await?;
-    Ok(Connected {
+    let probe = connection.create_channel().await?;
+    let connected = Connected {
         connection: Arc::new(connection),
         publisher,
-    })
+    };
+    Ok((connected, probe))
 }
 
-/// Returns `true` when asked to stop, `false` when the connection or the channel died.
-async fn wait_until_lost(
-    connection: &Connection,
-    publisher: &Publisher,
-    stop: &CancellationToken,
-) -> bool {
-    let mut check = tokio::time::interval(LIVENESS_CHECK);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return true,
-            _ = check.tick() => {
-                if !connection.status().connected() || !publisher.is_open() {
-                    return false;
+/// What the supervisor watches while a connection is up.
+struct Watching<'a> {
+    connection: &'a Connection,
+    publisher: &'a Publisher,
+    probe: &'a Channel,
+    heartbeat: Duration,
+    responsive: &'a watch::Sender<bool>,
+}
+
+impl Watching<'_> {
+    /// Returns `true` when asked to stop, `false` when the connection or a channel died.
+    /// Meanwhile probes the broker every half heartbeat, and says whether it answers: a probe
+    /// unanswered for a heartbeat marks the bus unresponsive, its answer responsive again.
+    async fn until_lost(&self, stop: &CancellationToken) -> bool {
+        let mut check = tokio::time::interval(LIVENESS_CHECK);
+        let mut probe = tokio::time::interval(self.heartbeat / 2);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: Option<(Instant, RoundTrip<'_>)> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return true,
+                _ = check.tick() => {
+                    if !self.connection.status().connected()
+                        || !self.publisher.is_open()
+                        || !self.probe.status().connected()
+                    {
+                        return false;
+                    }
+                    if let Some((sent, _)) = &pending
+                        && sent.elapsed() > self.heartbeat
+                        && self.responsive.send_replace(false)
+                    {
+                        tracing::warn!(
+                            heartbeat = ?self.heartbeat,
+                            "RabbitMQ has not answered for a heartbeat; the connection is stalled"
+                        );
+                    }
+                }
+                _ = probe.tick(), if pending.is_none() => {
+                    let round_trip = self.probe.basic_qos(0, BasicQosOptions::default());
+                    pending = Some((Instant::now(), Box::pin(round_trip)));
+                }
+                answered = async { pending.as_mut().expect("a probe is pending").1.as_mut().await },
+                    if pending.is_some() =>
+                {
+                    pending = None;
+                    match answered {
+                        Ok(()) => {
+                            if !self.responsive.send_replace(true) {
+                                tracing::info!("RabbitMQ answers again");
+                            }
+                        }
+                        // A failed probe means a dead channel, which the next check sees.
+                        Err(error) => tracing::debug!(%error, "the broker probe failed"),
+                    }
                 }
             }
         }
     }
 }
+
+/// A probe's round trip to the broker.
+type RoundTrip<'a> = std::pin::Pin<Box<dyn Future<Output = Result<(), lapin::Error>> + Send + 'a>>;

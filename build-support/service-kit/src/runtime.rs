@@ -75,6 +75,7 @@ impl ServiceRuntime {
                 topology: settings.topology.clone(),
                 app_id: settings.service_name.to_owned(),
                 owned: consumes.to_vec(),
+                heartbeat: settings.amqp_heartbeat,
             },
             &bus_task,
             bus_stop.clone(),
@@ -104,6 +105,7 @@ impl ServiceRuntime {
         }
         workers.spawn(report_readiness(
             bus.watch(),
+            bus.watch_responsive(),
             database_up.clone(),
             outbox_fresh,
             health.clone(),
@@ -154,6 +156,12 @@ impl ServiceRuntime {
     /// The address of the `/metrics` endpoint.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// An interceptor for the service's own API: `UNAVAILABLE` at once while the database is
+    /// down.
+    pub fn database_gate(&self) -> database::DatabaseGate {
+        database::DatabaseGate::new(self.database_up.clone())
     }
 
     /// Runs `task` as background work that shutdown waits for; it should return once `stop` is
@@ -359,11 +367,12 @@ fn watch_outbox(
     (receiver, task)
 }
 
-/// Health follows the dependencies: SERVING while the broker topology is declared and the
-/// publisher is up, the database answers (it was migrated before this runs) and the outbox
-/// drains; NOT_SERVING otherwise.
+/// Health follows the dependencies: SERVING while the broker topology is declared, the
+/// publisher is up and the broker answers, the database answers (it was migrated before this
+/// runs) and the outbox drains; NOT_SERVING otherwise.
 async fn report_readiness(
     mut bus: watch::Receiver<Option<Connected>>,
+    mut responsive: watch::Receiver<bool>,
     mut database_up: watch::Receiver<bool>,
     mut outbox_fresh: watch::Receiver<bool>,
     health: HealthReporter,
@@ -372,6 +381,7 @@ async fn report_readiness(
 ) {
     loop {
         let ready = bus.borrow_and_update().is_some()
+            && *responsive.borrow_and_update()
             && *database_up.borrow_and_update()
             && *outbox_fresh.borrow_and_update();
         let status = if ready {
@@ -385,6 +395,7 @@ async fn report_readiness(
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = bus.changed() => if changed.is_err() { return },
+            changed = responsive.changed() => if changed.is_err() { return },
             changed = database_up.changed() => if changed.is_err() { return },
             changed = outbox_fresh.changed() => if changed.is_err() { return },
         }

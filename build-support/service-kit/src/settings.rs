@@ -46,6 +46,10 @@ pub struct CommonArgs {
     /// The RabbitMQ broker.
     #[arg(long, env = "AMQP_URL", value_parser = secret, default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: SecretString,
+    /// The AMQP heartbeat (whole seconds; a `heartbeat` in AMQP_URL wins): a connection that
+    /// stalls makes health NOT_SERVING within two heartbeats, and is replaced.
+    #[arg(long, env = "AMQP_HEARTBEAT", default_value = "5s", value_parser = duration)]
+    pub amqp_heartbeat: Duration,
     /// Address the gRPC server listens on [default: 0.0.0.0:<service port>]
     #[arg(long, env = "GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
@@ -95,6 +99,7 @@ pub struct Settings {
     pub database_url: SecretString,
     pub database_pool_size: u32,
     pub amqp_url: SecretString,
+    pub amqp_heartbeat: Duration,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub outbox_max_age: Duration,
@@ -109,6 +114,10 @@ impl CommonArgs {
     /// Fills what was not given from `defaults` and validates the rest.
     pub fn resolve(self, defaults: &ServiceDefaults) -> anyhow::Result<Settings> {
         let namespace = Namespace::parse(&self.bus_namespace).context("invalid BUS_NAMESPACE")?;
+        anyhow::ensure!(
+            (1..=u64::from(u16::MAX)).contains(&self.amqp_heartbeat.as_secs()),
+            "AMQP_HEARTBEAT must be whole seconds, from 1s"
+        );
         anyhow::ensure!(
             self.database_pool_size >= 2,
             "DATABASE_POOL_SIZE must be at least 2 (the relay holds one while another commits)"
@@ -134,6 +143,7 @@ impl CommonArgs {
             }),
             database_pool_size: self.database_pool_size,
             amqp_url: self.amqp_url,
+            amqp_heartbeat: self.amqp_heartbeat,
             grpc_addr: self
                 .grpc_addr
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.grpc_port))),

@@ -1,15 +1,17 @@
 //! Test support shared by every integration test binary: an isolated [`Sandbox`] (fresh
 //! databases and a random `BUS_NAMESPACE` on the shared Postgres and RabbitMQ, removed on drop),
 //! a service [`Running`] in the test, event capture and publishing on the broker, polling with a
-//! deadline, and a TCP proxy that makes the broker reachable on demand without touching the
-//! shared one.
+//! deadline, and a TCP proxy that makes the broker reachable, cut or stalled on demand without
+//! touching the shared one.
 
 mod broker;
 mod private_servers;
+mod proxy;
 mod running;
 
 pub use broker::{dead_letters, new_context, publish, publish_raw, queue_depth, take_message};
 pub use private_servers::{PrivateBroker, PrivatePostgres};
+pub use proxy::BrokerProxy;
 pub use running::Running;
 
 use std::{future::Future, time::Duration};
@@ -24,7 +26,7 @@ use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
 use service_kit::{Settings, settings::LogFormat};
 use sqlx::{Connection as _, PgConnection, PgPool};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
 /// How long a test waits for something that should happen.
@@ -102,6 +104,7 @@ impl Sandbox {
             service_name,
             database_url: SecretString::from(self.database_url(database)),
             amqp_url: SecretString::from(amqp_url.to_owned()),
+            amqp_heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
             grpc_addr: "127.0.0.1:0".parse().expect("a valid address"),
             metrics_addr: "127.0.0.1:0".parse().expect("a valid address"),
             outbox_max_age: Duration::from_secs(60),
@@ -268,23 +271,15 @@ pub fn broker_url_at(port: u16) -> String {
     format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
 }
 
-/// Forwards `port` to the shared broker from now on, until the handle is dropped or aborted: a
-/// broker "coming back" at the address a service was given.
-pub async fn open_broker_proxy(port: u16) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(("127.0.0.1", port))
-        .await
-        .expect("the reserved port is still free");
-    let upstream = broker_address();
-    tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = listener.accept().await {
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                if let Ok(mut outbound) = TcpStream::connect(upstream).await {
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-            });
-        }
-    })
+/// Forwards `port` to the shared broker from now on, until the proxy is dropped: a broker
+/// "coming back" at the address a service was given.
+pub async fn open_broker_proxy(port: u16) -> BrokerProxy {
+    BrokerProxy::start_on(port, &broker_address()).await
+}
+
+/// A proxy in front of the shared broker, on a port of its own.
+pub async fn shared_broker_proxy() -> BrokerProxy {
+    BrokerProxy::start(&broker_address()).await
 }
 
 fn broker_address() -> String {

@@ -44,6 +44,7 @@ pub struct PrivateBroker {
     dir: PathBuf,
     node: String,
     port: u16,
+    dist_port: u16,
     process: Child,
 }
 
@@ -60,34 +61,37 @@ impl PrivateBroker {
             format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
         )
         .expect("config file");
-        let log = std::fs::File::create(dir.join("server.log")).expect("log file");
-        let process = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
-            .current_dir(&dir)
-            .env("HOME", &dir)
-            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_PID_FILE", dir.join("pid"))
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("rabbitmq-server starts (Debian package rabbitmq-server)");
+        let process = spawn_node(&dir, &node, port, dist_port);
         let broker = Self {
             dir,
             node,
             port,
+            dist_port,
             process,
         };
         wait_for_port(port, "the private RabbitMQ node").await;
         broker.wait_until_serving().await;
         broker
+    }
+
+    /// Kills the node's Erlang VM with SIGKILL (its pid from the node's pid file), as a crash
+    /// or a power cut would: nothing is flushed or closed.
+    pub async fn kill_9(&mut self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("the node's pid file");
+        let status = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -9 of the node's VM ({pid})");
+        let _ = self.process.wait();
+    }
+
+    /// Starts the node again after [`PrivateBroker::kill_9`], on the same ports and data, and
+    /// waits until it serves.
+    pub async fn start_again(&mut self) {
+        self.process = spawn_node(&self.dir, &self.node, self.port, self.dist_port);
+        wait_for_port(self.port, "the private RabbitMQ node").await;
+        self.wait_until_serving().await;
     }
 
     /// The node's AMQP URL.
@@ -177,6 +181,33 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// Starts `rabbitmq-server` for the node of `dir`.
+fn spawn_node(dir: &Path, node: &str, port: u16, dist_port: u16) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .expect("log file");
+    Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server")
+        .current_dir(dir)
+        .env("HOME", dir)
+        .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
+        .env("RABBITMQ_NODENAME", node)
+        .env("RABBITMQ_NODE_PORT", port.to_string())
+        .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+        .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+        .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", dir.join("log"))
+        .env("RABBITMQ_PID_FILE", dir.join("pid"))
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .spawn()
+        .expect("rabbitmq-server starts (Debian package rabbitmq-server)")
+}
+
 /// A Postgres cluster of the test's own (trust auth, user `postgres`), run as the `postgres`
 /// system user, since Postgres refuses to run as root.
 #[derive(Debug)]
@@ -261,6 +292,13 @@ impl PrivatePostgres {
         self.stop_server();
     }
 
+    /// Stops the server with an immediate shutdown (SIGQUIT): every backend quits at once,
+    /// nothing is checkpointed, and the next start recovers from the write-ahead log, as
+    /// after a crash.
+    pub fn stop_immediately(&mut self) {
+        self.stop_with("-QUIT");
+    }
+
     /// Starts the stopped server again on the same port.
     pub async fn start_again(&mut self) {
         self.start_server().await;
@@ -310,10 +348,14 @@ impl PrivatePostgres {
     }
 
     fn stop_server(&mut self) {
+        // SIGINT is Postgres' fast shutdown.
+        self.stop_with("-INT");
+    }
+
+    fn stop_with(&mut self, signal: &str) {
         if let Some(mut process) = self.process.take() {
-            // SIGINT is Postgres' fast shutdown.
             let _ = Command::new("kill")
-                .args(["-INT", &process.id().to_string()])
+                .args([signal, &process.id().to_string()])
                 .status();
             let _ = process.wait();
         }

@@ -38,5 +38,8 @@ pub async fn build(settings: &Settings, prices: PriceList) -> anyhow::Result<App
         PaymentProcessedHandler,
     );
     let api = OrderApi::new(runtime.pool.clone());
-    Ok(runtime.into_application(move |routes| routes.add_service(OrderServiceServer::new(api)))?)
+    let gate = runtime.database_gate();
+    Ok(runtime.into_application(move |routes| {
+        routes.add_service(OrderServiceServer::with_interceptor(api, gate))
+    })?)
 }

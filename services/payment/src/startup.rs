@@ -52,6 +52,8 @@ pub async fn build_with_gateway<G: PaymentGateway>(
         OrderCreatedHandler::new(gateway, charging),
     );
     let api = PaymentApi::new(runtime.pool.clone());
-    Ok(runtime
-        .into_application(move |routes| routes.add_service(PaymentServiceServer::new(api)))?)
+    let gate = runtime.database_gate();
+    Ok(runtime.into_application(move |routes| {
+        routes.add_service(PaymentServiceServer::with_interceptor(api, gate))
+    })?)
 }

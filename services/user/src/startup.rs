@@ -12,5 +12,8 @@ pub const GRPC_SERVICE: &str = "user.v1.UserService";
 pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
     let runtime = ServiceRuntime::start(settings, sqlx::migrate!(), GRPC_SERVICE, &[]).await?;
     let api = UserApi::new(runtime.pool.clone());
-    Ok(runtime.into_application(move |routes| routes.add_service(UserServiceServer::new(api)))?)
+    let gate = runtime.database_gate();
+    Ok(runtime.into_application(move |routes| {
+        routes.add_service(UserServiceServer::with_interceptor(api, gate))
+    })?)
 }

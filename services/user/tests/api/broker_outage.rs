@@ -119,6 +119,7 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows() {
             topology: app.topology().clone(),
             app_id: "user-service".into(),
             owned: Vec::new(),
+            heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
         },
         &tracker,
         stop.clone(),

@@ -47,7 +47,16 @@ pub async fn spawn_app_with_broker(amqp_url: &str) -> TestApp {
 /// The user service against `amqp_url` with settings adjusted by `adjust`; does not wait for
 /// readiness.
 pub async fn spawn_app_with(amqp_url: &str, adjust: impl FnOnce(&mut Settings)) -> TestApp {
-    let sandbox = Sandbox::new();
+    spawn_app_in(Sandbox::new(), amqp_url, adjust).await
+}
+
+/// The user service in `sandbox` (whose Postgres it uses) against `amqp_url`, with settings
+/// adjusted by `adjust`; does not wait for readiness.
+pub async fn spawn_app_in(
+    sandbox: Sandbox,
+    amqp_url: &str,
+    adjust: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = sandbox.settings("user-service", "users", amqp_url);
     adjust(&mut settings);
     let application = user_service::build(&settings)

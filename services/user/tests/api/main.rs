@@ -6,6 +6,7 @@
 
 mod broker_outage;
 mod create_user;
+mod dependencies;
 mod events;
 mod get_user;
 mod helpers;
