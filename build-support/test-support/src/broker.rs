@@ -6,7 +6,9 @@ use lapin::{
     options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
     types::FieldTable,
 };
-use messaging::{Envelope, EventContext, Publisher, Topology, TraceParent};
+use messaging::{
+    Envelope, EventContext, Publisher, Topology, TraceParent, consumer::MAX_PAYLOAD_BYTES,
+};
 use uuid::Uuid;
 
 /// Publishes `envelope` to the namespace's events exchange with confirms, as its producer would.
@@ -40,6 +42,42 @@ pub async fn publish_raw(
         .await
         .expect("publish");
     let _ = channel.close(200, "published".into()).await;
+}
+
+/// Poison: random bytes, an empty body, a wrong `type`, no `message_id`, and a
+/// body over the size limit, each typed as `type_name` unless the type is the poison. An empty
+/// body is a valid, empty protobuf message: it decodes, and the handler rejects its missing ids
+/// as a permanent failure; the rest do not decode.
+pub fn poison(type_name: &str) -> Vec<(&'static str, Vec<u8>, BasicProperties)> {
+    let good = |kind: &str| {
+        BasicProperties::default()
+            .with_message_id(Uuid::new_v4().to_string().into())
+            .with_type(kind.into())
+            .with_content_type("application/protobuf".into())
+    };
+    vec![
+        (
+            "random bytes",
+            vec![0xff, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x01],
+            good(type_name),
+        ),
+        ("empty body", Vec::new(), good(type_name)),
+        (
+            "wrong type",
+            b"\x0a\x03abc".to_vec(),
+            good("acme.v1.Unknown"),
+        ),
+        (
+            "missing message_id",
+            b"\x0a\x03abc".to_vec(),
+            BasicProperties::default().with_type(type_name.into()),
+        ),
+        (
+            "over the size limit",
+            vec![0x0a; MAX_PAYLOAD_BYTES + 1],
+            good(type_name),
+        ),
+    ]
 }
 
 /// A fresh event context, as a new request would start.

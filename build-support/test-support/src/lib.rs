@@ -9,7 +9,9 @@ mod private_servers;
 mod proxy;
 mod running;
 
-pub use broker::{dead_letters, new_context, publish, publish_raw, queue_depth, take_message};
+pub use broker::{
+    dead_letters, new_context, poison, publish, publish_raw, queue_depth, take_message,
+};
 pub use private_servers::{PrivateBroker, PrivatePostgres};
 pub use proxy::BrokerProxy;
 pub use running::Running;

@@ -99,6 +99,11 @@ impl PrivateBroker {
         crate::broker_url_at(self.port)
     }
 
+    /// The node's AMQP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `rabbitmqctl stop_app`: the broker stops, the node stays; every connection drops.
     pub async fn stop_app(&self) {
         self.ctl(&["stop_app"]).await;

@@ -1,15 +1,12 @@
 //! Poison messages and failing payments never block a queue: they reach the dead-letter queue
 //! with their failure headers, and every consumer goes on.
 
-use lapin::BasicProperties;
 use messaging::{
-    consumer::MAX_PAYLOAD_BYTES,
     retry::{FAILURE_KIND_HEADER, text_header},
     topology::SUBSCRIPTIONS,
 };
 use proto::{order::v1::OrderStatus, payment::v1::PaymentStatus};
 use test_support::eventually_some;
-use uuid::Uuid;
 
 use std::sync::{
     Arc,
@@ -20,42 +17,6 @@ use clap::Parser;
 use payment_service::gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway};
 
 use crate::helpers::{Stack, spawn_stack, spawn_stack_with_gateway};
-
-/// The poison of the issue: random bytes, an empty body, a wrong `type`, no `message_id`, and a
-/// body over the size limit, each typed as `type_name` unless the type is the poison. An empty
-/// body is a valid, empty protobuf message: it decodes, and the handler rejects its missing ids
-/// as a permanent failure; the rest do not decode.
-fn poison(type_name: &str) -> Vec<(&'static str, Vec<u8>, BasicProperties)> {
-    let good = |kind: &str| {
-        BasicProperties::default()
-            .with_message_id(Uuid::new_v4().to_string().into())
-            .with_type(kind.into())
-            .with_content_type("application/protobuf".into())
-    };
-    vec![
-        (
-            "random bytes",
-            vec![0xff, 0x13, 0x37, 0xde, 0xad, 0xbe, 0xef, 0x01],
-            good(type_name),
-        ),
-        ("empty body", Vec::new(), good(type_name)),
-        (
-            "wrong type",
-            b"\x0a\x03abc".to_vec(),
-            good("acme.v1.Unknown"),
-        ),
-        (
-            "missing message_id",
-            b"\x0a\x03abc".to_vec(),
-            BasicProperties::default().with_type(type_name.into()),
-        ),
-        (
-            "over the size limit",
-            vec![0x0a; MAX_PAYLOAD_BYTES + 1],
-            good(type_name),
-        ),
-    ]
-}
 
 #[tokio::test]
 async fn poison_on_every_queue_is_dead_lettered_and_every_consumer_goes_on() {
@@ -70,7 +31,7 @@ async fn poison_on_every_queue_is_dead_lettered_and_every_consumer_goes_on() {
 
     // Act: poison on each queue, then a real flow through all three.
     for (subscription, type_name) in queues {
-        for (_, payload, properties) in poison(type_name) {
+        for (_, payload, properties) in test_support::poison(type_name) {
             test_support::publish_raw(
                 &stack.amqp,
                 topology,
@@ -92,7 +53,7 @@ async fn poison_on_every_queue_is_dead_lettered_and_every_consumer_goes_on() {
     for (subscription, _) in queues {
         let dlq = topology.dead_letter_queue(subscription);
         let mut kinds = Vec::new();
-        for _ in poison("") {
+        for _ in test_support::poison("") {
             let dead = eventually_some(|| test_support::take_message(&stack.amqp, &dlq)).await;
             kinds.push(text_header(&dead.properties, FAILURE_KIND_HEADER).unwrap_or_default());
         }
