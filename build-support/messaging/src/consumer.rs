@@ -310,7 +310,7 @@ pub struct ConsumerTuning {
 /// One worker per consumer: it takes everything the broker pushed ahead into one transaction,
 /// so batches grow with the load. Measured on two cores (README, Benchmark), more workers split
 /// the stream into smaller batches, more commits and more latency; they pay off only when a
-/// handler waits on slow I/O (a real payment gateway).
+/// handler waits on another system (the payment service, waiting on its gateway, runs four).
 impl Default for ConsumerTuning {
     fn default() -> Self {
         Self {
@@ -459,53 +459,59 @@ impl<H: Handler> EventConsumer<H> {
                 })??;
         tracing::info!(consumer = self.name, %queue, tuning = ?self.tuning, "consuming");
         let mut batch = Vec::with_capacity(self.tuning.batch_size);
-        let session = loop {
-            let next = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break Session::Stopped,
-                changed = gate.changed() => {
-                    if changed.is_err() || !*gate.borrow_and_update() {
-                        break Session::Paused;
+        let session = async {
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break Ok(Session::Stopped),
+                    changed = gate.changed() => {
+                        if changed.is_err() || !*gate.borrow_and_update() {
+                            break Ok(Session::Paused);
+                        }
+                        continue;
                     }
-                    continue;
+                    _ = bus.changed() => anyhow::bail!("the connection to the broker changed"),
+                    next = deliveries.next() => next,
+                };
+                match next {
+                    Some(Ok(delivery)) => batch.push(delivery),
+                    Some(Err(error)) => return Err(error.into()),
+                    None => anyhow::bail!("the broker cancelled the consumer"),
                 }
-                _ = bus.changed() => anyhow::bail!("the connection to the broker changed"),
-                next = deliveries.next() => next,
-            };
-            match next {
-                Some(Ok(delivery)) => batch.push(delivery),
-                Some(Err(error)) => return Err(error.into()),
-                None => anyhow::bail!("the broker cancelled the consumer"),
-            }
-            // What the broker has already pushed joins the batch; nothing waits for more.
-            let mut ended = None;
-            while ended.is_none() && batch.len() < self.tuning.batch_size {
-                match deliveries.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
-                    Some(Some(Err(error))) => ended = Some(anyhow::Error::from(error)),
-                    Some(None) => {
-                        ended = Some(anyhow::anyhow!("the broker cancelled the consumer"))
+                // What the broker has already pushed joins the batch; nothing waits for more.
+                let mut ended = None;
+                while ended.is_none() && batch.len() < self.tuning.batch_size {
+                    match deliveries.next().now_or_never() {
+                        Some(Some(Ok(delivery))) => batch.push(delivery),
+                        Some(Some(Err(error))) => ended = Some(anyhow::Error::from(error)),
+                        Some(None) => {
+                            ended = Some(anyhow::anyhow!("the broker cancelled the consumer"))
+                        }
+                        None => break,
                     }
-                    None => break,
+                }
+                let processing = self.process(std::mem::take(&mut batch), &connected.publisher);
+                if tokio::time::timeout(BATCH_TIMEOUT, processing)
+                    .await
+                    .is_err()
+                {
+                    // Whatever hangs (a broker that went away mid-ack, a lock), the batch is
+                    // abandoned: its transaction rolls back if it had not committed, its deliveries
+                    // go back to the queue when the channel closes, and the inbox absorbs the
+                    // redelivery.
+                    anyhow::bail!("a batch took over {BATCH_TIMEOUT:?}; abandoned for redelivery");
+                }
+                if let Some(error) = ended {
+                    return Err(error);
                 }
             }
-            let processing = self.process(std::mem::take(&mut batch), &connected.publisher);
-            if tokio::time::timeout(BATCH_TIMEOUT, processing)
-                .await
-                .is_err()
-            {
-                // Whatever hangs (a broker that went away mid-ack, a lock), the batch is
-                // abandoned: its transaction rolls back if it had not committed, its deliveries
-                // go back to the queue with the channel, and the inbox absorbs the redelivery.
-                anyhow::bail!("a batch took over {BATCH_TIMEOUT:?}; abandoned for redelivery");
-            }
-            if let Some(error) = ended {
-                return Err(error);
-            }
-        };
-        // Closing the channel hands the unacked prefetch back to the queue.
+        }
+        .await;
+        // However the session ended, closing the channel hands its unacked deliveries back to
+        // the queue: a channel left open on a live connection would hold them (and keep
+        // receiving more) with nobody to settle them.
         close(&channel).await;
-        Ok(session)
+        session
     }
 
     /// Decodes a batch of deliveries (dead-lettering what does not decode), runs the handler's
@@ -973,8 +979,17 @@ async fn settle(outcome: impl Future<Output = Result<bool, lapin::Error>>) {
     }
 }
 
+/// Closes a consumer's channel, waiting at most [`SETTLE_TIMEOUT`] (a stalled connection never
+/// answers; the broker requeues the deliveries when it drops that connection).
 async fn close(channel: &Channel) {
-    if let Err(error) = channel.close(200, "consumer stopping".into()).await {
-        tracing::debug!(%error, "closing the consumer channel");
+    match tokio::time::timeout(
+        SETTLE_TIMEOUT,
+        channel.close(200, "consumer stopping".into()),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "closing the consumer channel"),
+        Err(_) => tracing::debug!("the broker did not confirm closing the consumer channel"),
     }
 }
