@@ -6,7 +6,9 @@
 #   2. idle: one call at a time, 20 calls per second (flows barely overlap);
 #   3. peak: concurrency 64, as fast as it goes, for BENCH_SECONDS (default 30);
 #   4. steady: a fixed rate of half the peak's completed flows per second, for BENCH_SECONDS;
-#   5. `loadgen ceiling`: the same durable work without the services;
+#   5. slow gateway: the payment service restarted with GATEWAY_LATENCY=BENCH_GATEWAY_LATENCY
+#      (default 100ms, a real provider's answer time), and the peak again;
+#   6. `loadgen ceiling`: the same durable work without the services;
 # and prints one table against the targets, with each service's peak RSS and where the CPU went
 # during the peak run. Exits 1 when a run loses or duplicates a flow.
 #
@@ -15,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 seconds=${BENCH_SECONDS:-30}
+gateway_latency=${BENCH_GATEWAY_LATENCY:-100ms}
 postgres=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 export BUS_NAMESPACE=bench RUST_LOG=${RUST_LOG:-warn}
 log() { printf '[bench] %s\n' "$*" >&2; }
@@ -34,21 +37,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
+for db in bench_users bench_orders bench_payments; do
+  psql -q "$postgres/postgres" -c "drop database if exists $db with (force)"
+done
 start() {
   local name=$1 db=$2 port=$3 metrics=$4
-  psql -q "$postgres/postgres" -c "drop database if exists $db with (force)"
-  DATABASE_URL="$postgres/$db" GRPC_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$metrics" \
-    "$bin/$name" >"$out/$name.log" 2>&1 &
+  shift 4
+  env "$@" DATABASE_URL="$postgres/$db" GRPC_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$metrics" \
+    "$bin/$name" >>"$out/$name.log" 2>&1 &
   pids[$name]=$!
+}
+serving() {
+  "$bin/$1" --grpc-addr "127.0.0.1:$2" healthcheck >/dev/null 2>&1
 }
 start user-service bench_users 50071 9171
 start order-service bench_orders 50072 9172
 start payment-service bench_payments 50073 9173
 
 for _ in $(seq 1 120); do
-  if "$bin/user-service" --grpc-addr 127.0.0.1:50071 healthcheck >/dev/null 2>&1 &&
-    "$bin/order-service" --grpc-addr 127.0.0.1:50072 healthcheck >/dev/null 2>&1 &&
-    "$bin/payment-service" --grpc-addr 127.0.0.1:50073 healthcheck >/dev/null 2>&1; then
+  if serving user-service 50071 && serving order-service 50072 && serving payment-service 50073; then
     break
   fi
   sleep 1
@@ -88,6 +95,16 @@ load --concurrency 64 --rate "$rate" --duration "$seconds" >"$out/steady.json"
   done
   printf '}\n'
 } >"$out/rss.json"
+
+log "slow gateway: payment-service with GATEWAY_LATENCY=$gateway_latency, peak for ${seconds}s"
+kill -TERM "${pids[payment-service]}"
+wait "${pids[payment-service]}" || true
+start payment-service bench_payments 50073 9173 GATEWAY_LATENCY="$gateway_latency"
+for _ in $(seq 1 120); do serving payment-service 50073 && break; sleep 1; done
+load --concurrency 16 --users 500 >/dev/null
+load --concurrency 64 --duration "$seconds" >"$out/slow.json"
+python3 -c 'import json,sys; print(json.dumps({"latency": sys.argv[1], "rss_kib": int(sys.argv[2])}))' \
+  "$gateway_latency" "$(awk '/VmHWM/ {print $2}' "/proc/${pids[payment-service]}/status")" >"$out/slow-gateway.json"
 
 log "ceiling"
 "$bin/loadgen" ceiling --postgres-url "$postgres/postgres" --json >"$out/ceiling.json"

@@ -52,6 +52,7 @@ def table(directory):
     path = lambda name: os.path.join(directory, name)
     idle, peak, steady = load(path("idle.json")), load(path("peak.json")), load(path("steady.json"))
     ceiling, rss = load(path("ceiling.json")), load(path("rss.json"))
+    slow, slow_gateway = load(path("slow.json")), load(path("slow-gateway.json"))
     before, after = load(path("cpu-before.json")), load(path("cpu-after.json"))
 
     ceiling_fps = ceiling["ceiling_flows_per_second"]
@@ -76,6 +77,13 @@ def table(directory):
         meets(ratio >= 0.5),
     )
     row(f"accepted calls/s at C={peak['concurrency']}", f"{peak['accepted_per_second']:.0f} /s")
+    slow_ratio = slow["completed_per_second"] / peak["completed_per_second"]
+    row(
+        f"completed flows/s at C={slow['concurrency']}, gateway {slow_gateway['latency']}",
+        f"{slow['completed_per_second']:.0f} flows/s ({slow_ratio:.2f} x without latency)",
+        ">= 0.7 x without latency",
+        meets(slow_ratio >= 0.7),
+    )
     row("per-hop latency sum (ceiling)", f"{hop_sum:.1f} ms")
     rate = idle.get("rate")
     row(
@@ -95,9 +103,11 @@ def table(directory):
 
     tail_row(f"e2e p99 at C={peak['concurrency']} (saturated)", peak)
     tail_row(f"e2e p99 at {steady['rate']:.0f} calls/s (half the peak)", steady)
+    rss = dict(rss)
+    rss[f"payment-service (gateway {slow_gateway['latency']})"] = slow_gateway["rss_kib"]
     for service, kib in sorted(rss.items()):
         row(f"peak RSS {service}", f"{kib / 1024:.1f} MiB", "<= 64 MiB", meets(kib <= 64 * 1024))
-    consistent = all(run["consistent"] for run in (idle, peak, steady))
+    consistent = all(run["consistent"] for run in (idle, peak, steady, slow))
     row("consistency (every run)", "OK" if consistent else "FAILED", "exactly once", meets(consistent))
 
     width = [max(len(r[i]) for r in rows) for i in range(4)]

@@ -23,6 +23,9 @@ pub struct ServiceDefaults {
     pub grpc_port: u16,
     /// Its Prometheus `/metrics` port on 0.0.0.0.
     pub metrics_port: u16,
+    /// Workers per consumer: one lets batches grow; a handler that waits on another system
+    /// (the payment gateway) needs more, so that the waits of several batches overlap.
+    pub consumer_workers: usize,
 }
 
 /// Log output format.
@@ -66,9 +69,9 @@ pub struct CommonArgs {
     /// number bounds the attempts before a message is dead-lettered.
     #[arg(long, env = "RETRY_DELAYS", default_value = DEFAULT_RETRY_DELAYS)]
     pub retry_delays: String,
-    /// Workers (broker channels) per consumer.
-    #[arg(long, env = "CONSUMER_WORKERS", default_value_t = ConsumerTuning::default().workers)]
-    pub consumer_workers: usize,
+    /// Workers (broker channels) per consumer [default: 1; 4 for the payment service]
+    #[arg(long, env = "CONSUMER_WORKERS")]
+    pub consumer_workers: Option<usize>,
     /// Deliveries the broker may push to each worker ahead of its acks.
     #[arg(long, env = "CONSUMER_PREFETCH", default_value_t = ConsumerTuning::default().prefetch)]
     pub consumer_prefetch: u16,
@@ -122,8 +125,9 @@ impl CommonArgs {
             self.database_pool_size >= 2,
             "DATABASE_POOL_SIZE must be at least 2 (the relay holds one while another commits)"
         );
+        let consumer_workers = self.consumer_workers.unwrap_or(defaults.consumer_workers);
         anyhow::ensure!(
-            self.consumer_workers >= 1 && self.consumer_prefetch >= 1 && self.consumer_batch >= 1,
+            consumer_workers >= 1 && self.consumer_prefetch >= 1 && self.consumer_batch >= 1,
             "CONSUMER_WORKERS, CONSUMER_PREFETCH and CONSUMER_BATCH must be at least 1"
         );
         anyhow::ensure!(
@@ -154,7 +158,7 @@ impl CommonArgs {
             topology: Topology::new(namespace),
             retry: RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?,
             consumer: ConsumerTuning {
-                workers: self.consumer_workers,
+                workers: consumer_workers,
                 prefetch: self.consumer_prefetch,
                 batch_size: self.consumer_batch,
             },
@@ -181,6 +185,7 @@ mod tests {
         database: "users",
         grpc_port: 50051,
         metrics_port: 9091,
+        consumer_workers: 1,
     };
 
     #[test]

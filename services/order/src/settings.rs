@@ -10,6 +10,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     database: "orders",
     grpc_port: 50052,
     metrics_port: 9092,
+    consumer_workers: 1,
 };
 
 /// Every setting is a flag and an environment variable.

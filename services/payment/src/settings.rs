@@ -6,12 +6,14 @@ use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand};
 
 use crate::{gateway::Latency, handlers::ChargeSettings};
 
-/// Name, database and port when nothing else is configured.
+/// Name, database and port when nothing else is configured. Four consumer workers: each waits
+/// on the gateway for its batch's charges, and four overlap those waits (README, Benchmark).
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "payment-service",
     database: "payments",
     grpc_port: 50053,
     metrics_port: 9093,
+    consumer_workers: 4,
 };
 
 /// Every setting is a flag and an environment variable.
@@ -101,5 +103,19 @@ mod tests {
         assert!(error.to_string().contains("is not a latency"), "{error}");
         let zero = Cli::parse_from(["payment-service", "--gateway-concurrency", "0"]);
         assert!(zero.gateway.charge_settings().is_err());
+    }
+
+    #[test]
+    fn four_consumer_workers_overlap_the_gateway_waits_unless_configured() {
+        let settings = Cli::parse_from(["payment-service"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("defaults are valid");
+        assert_eq!(settings.consumer.workers, 4);
+        let settings = Cli::parse_from(["payment-service", "--consumer-workers", "1"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("valid");
+        assert_eq!(settings.consumer.workers, 1);
     }
 }

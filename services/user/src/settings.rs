@@ -8,6 +8,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     database: "users",
     grpc_port: 50051,
     metrics_port: 9091,
+    consumer_workers: 1,
 };
 
 /// Every setting is a flag and an environment variable.

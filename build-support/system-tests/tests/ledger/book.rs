@@ -6,7 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use lapin::{Connection, options::BasicAckOptions, types::AMQPValue};
+use lapin::{Connection, types::AMQPValue};
 use messaging::{
     Topology,
     retry::{FAILURE_KIND_HEADER, FAILURE_MESSAGE_HEADER, text_header},
@@ -249,7 +249,6 @@ pub async fn drain_dead_letters(amqp: &Connection, topology: &Topology, dead: &m
     for subscription in SUBSCRIPTIONS {
         let queue = topology.dead_letter_queue(subscription);
         while let Some(delivery) = test_support::take_message(amqp, &queue).await {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
             let properties = &delivery.properties;
             let injected = properties
                 .headers()

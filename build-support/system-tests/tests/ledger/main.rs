@@ -49,6 +49,19 @@ struct Config {
 }
 
 impl Config {
+    /// Whether `fault` runs: all do, unless `LEDGER_ONLY` names some (parts of their names,
+    /// comma-separated), to repeat one while looking into it.
+    fn runs(&self, fault: Fault) -> bool {
+        match std::env::var("LEDGER_ONLY") {
+            Ok(only) if !only.trim().is_empty() => only
+                .split(',')
+                .any(|part| fault.name().contains(part.trim())),
+            _ => true,
+        }
+    }
+}
+
+impl Config {
     fn from_env() -> Self {
         let long = std::env::var("LEDGER_LONG").is_ok_and(|v| v == "1");
         let short = Self {
@@ -118,12 +131,15 @@ async fn every_accepted_user_is_charged_exactly_once_through_every_fault() {
     // Act and assert: each fault in turn, and the books after it.
     'rounds: for round in 0..config.rounds {
         for fault in Fault::all() {
+            if !config.runs(fault) {
+                continue;
+            }
             let run = format!("r{round}{}", uuid::Uuid::new_v4().simple());
             let (row, verdict) =
                 run_fault(&mut stack, &calls, &mut dead, fault, &run[..9], config).await;
             let failed = row.failed();
             if failed {
-                details.push(describe(&row, &verdict, &dead, &stack));
+                details.push(describe(&row, &verdict, &dead, &stack).await);
             }
             rows.push(row);
             if failed && row_blocks_the_rest(&rows) {
@@ -243,8 +259,29 @@ async fn converge(
     }
 }
 
-/// What a failed row found, for the failure message.
-fn describe(row: &Row, verdict: &Verdict, dead: &DeadLetters, stack: &ChaosStack) -> String {
+/// What a failed row found, for the failure message, with where the broker's queues, connections
+/// and channels stand.
+async fn describe(row: &Row, verdict: &Verdict, dead: &DeadLetters, stack: &ChaosStack) -> String {
+    let mut broker = String::new();
+    for args in [
+        &[
+            "list_queues",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ][..],
+        &["list_connections", "name", "state", "channels"][..],
+        &[
+            "list_channels",
+            "connection",
+            "number",
+            "consumer_count",
+            "messages_unacknowledged",
+        ][..],
+    ] {
+        broker.push_str(&stack.broker.report(args).await);
+    }
     let sample = |items: &[String]| {
         items
             .iter()
@@ -256,7 +293,7 @@ fn describe(row: &Row, verdict: &Verdict, dead: &DeadLetters, stack: &ChaosStack
     format!(
         "{}:\n  problem: {}\n  not where their card says ({}):\n    {}\n  duplicated:\n    {}\n  \
          phantom:\n    {}\n  unexpected dead letters:\n    {}\n  outbox rows: {}, +fail not \
-         dead-lettered: {}, poison missing: {}\n  service logs: {}",
+         dead-lettered: {}, poison missing: {}\n  service logs: {}\n  the broker:\n{broker}",
         row.fault,
         row.problem.as_deref().unwrap_or("none"),
         verdict.pending.len(),

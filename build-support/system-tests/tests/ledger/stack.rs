@@ -214,6 +214,8 @@ impl ChaosStack {
                 ("RETRY_DELAYS", format!("{TEST_RETRY_DELAYS},800ms,1600ms")),
                 ("GATEWAY_LATENCY", "5ms..50ms".into()),
                 ("RUST_LOG", "warn".into()),
+                // Errors are expected by the hundred here; their backtraces are not needed.
+                ("RUST_LIB_BACKTRACE", "0".into()),
             ];
             let channel = Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
                 .expect("an endpoint")
