@@ -157,6 +157,32 @@ impl PrivateBroker {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Where the node's queues (ready, unacked, consumers), connections and channels stand: what
+    /// to print when flows did not complete.
+    pub async fn state(&self) -> String {
+        let mut state = String::new();
+        for args in [
+            &[
+                "list_queues",
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "consumers",
+            ][..],
+            &["list_connections", "name", "state", "channels"][..],
+            &[
+                "list_channels",
+                "connection",
+                "number",
+                "consumer_count",
+                "messages_unacknowledged",
+            ][..],
+        ] {
+            state.push_str(&self.report(args).await);
+        }
+        state
+    }
+
     async fn ctl(&self, args: &[&str]) {
         let status = tokio::process::Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
             .env("HOME", &self.dir)

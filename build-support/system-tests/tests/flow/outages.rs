@@ -63,25 +63,7 @@ async fn where_flows_stand(stack: &Stack, broker: Option<&PrivateBroker>) -> Str
         report.push_str(&format!("{name}: {}\n", Stack::count(pool, sql).await));
     }
     if let Some(broker) = broker {
-        for args in [
-            &[
-                "list_queues",
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-                "consumers",
-            ][..],
-            &["list_connections", "name", "state", "channels"][..],
-            &[
-                "list_channels",
-                "connection",
-                "number",
-                "consumer_count",
-                "messages_unacknowledged",
-            ][..],
-        ] {
-            report.push_str(&broker.report(args).await);
-        }
+        report.push_str(&broker.state().await);
     }
     report
 }

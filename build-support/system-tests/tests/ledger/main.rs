@@ -262,26 +262,7 @@ async fn converge(
 /// What a failed row found, for the failure message, with where the broker's queues, connections
 /// and channels stand.
 async fn describe(row: &Row, verdict: &Verdict, dead: &DeadLetters, stack: &ChaosStack) -> String {
-    let mut broker = String::new();
-    for args in [
-        &[
-            "list_queues",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ][..],
-        &["list_connections", "name", "state", "channels"][..],
-        &[
-            "list_channels",
-            "connection",
-            "number",
-            "consumer_count",
-            "messages_unacknowledged",
-        ][..],
-    ] {
-        broker.push_str(&stack.broker.report(args).await);
-    }
+    let broker = stack.broker.state().await;
     let sample = |items: &[String]| {
         items
             .iter()
