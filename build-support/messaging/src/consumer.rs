@@ -580,38 +580,25 @@ impl<H: Handler> EventConsumer<H> {
         }
         let started = std::time::Instant::now();
         let messages: Vec<_> = decoded.iter().map(|pending| &pending.message).collect();
-        let mut prepared = self.handler.prepare(&self.pool, &messages).await;
+        let prepared = self.handler.prepare(&self.pool, &messages).await;
         let took = started.elapsed();
-        if prepared.len() != decoded.len() {
+        let unavailable = if prepared.len() == decoded.len() {
+            prepared.iter().find_map(|result| match result {
+                Err(HandlerError::Unavailable(error)) => Some(anyhow::anyhow!("{error:#}")),
+                _ => None,
+            })
+        } else {
             // A handler bug; applying without its first step could do harm, so nothing is.
             tracing::error!(
                 consumer = self.name,
                 expected = decoded.len(),
                 got = prepared.len(),
-                "the handler prepared a different number of messages; requeueing the batch"
+                "the handler prepared a different number of messages"
             );
-            prepared = (0..decoded.len())
-                .map(|_| {
-                    Err(HandlerError::Unavailable(anyhow::anyhow!(
-                        "the handler's first step gave no result"
-                    )))
-                })
-                .collect();
-        }
-        if prepared
-            .iter()
-            .any(|result| matches!(result, Err(HandlerError::Unavailable(_))))
-        {
-            tracing::warn!(
-                consumer = self.name,
-                batch = decoded.len(),
-                "dependency unavailable; requeueing"
-            );
-            for pending in &decoded {
-                self.observe(&pending.message, took, Err("requeued"));
-            }
-            tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-            settle(requeue_all(&decoded)).await;
+            Some(anyhow::anyhow!("the handler's first step gave no result"))
+        };
+        if let Some(error) = unavailable {
+            self.requeue_unavailable(&decoded, took, &error).await;
             return None;
         }
         let mut batch = Vec::with_capacity(decoded.len());
@@ -663,17 +650,7 @@ impl<H: Handler> EventConsumer<H> {
                 }) => {
                     // Everything not yet settled goes back to the queue.
                     let rest: Vec<_> = queue.drain(..).flatten().chain(batch).collect();
-                    tracing::warn!(
-                        consumer = self.name,
-                        batch = rest.len(),
-                        error = format!("{error:#}"),
-                        "dependency unavailable; requeueing"
-                    );
-                    for pending in &rest {
-                        self.observe(&pending.message, took, Err("requeued"));
-                    }
-                    tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                    settle(requeue_all(&rest)).await;
+                    self.requeue_unavailable(&rest, took, &error).await;
                 }
                 Err(BatchFailure {
                     at: Some(at),
@@ -707,6 +684,27 @@ impl<H: Handler> EventConsumer<H> {
                 }
             }
         }
+    }
+
+    /// Everything not yet settled goes back to the queue, after a pause, because a dependency
+    /// is unavailable.
+    async fn requeue_unavailable<P>(
+        &self,
+        rest: &[Pending<H::Event, P>],
+        took: Duration,
+        error: &anyhow::Error,
+    ) {
+        tracing::warn!(
+            consumer = self.name,
+            batch = rest.len(),
+            error = format!("{error:#}"),
+            "dependency unavailable; requeueing"
+        );
+        for pending in rest {
+            self.observe(&pending.message, took, Err("requeued"));
+        }
+        tokio::time::sleep(UNAVAILABLE_PAUSE).await;
+        settle(requeue_all(rest)).await;
     }
 
     /// Retries a failed message later, dead-letters it, or requeues it, as its failure says.

@@ -86,7 +86,8 @@ pub struct CommonArgs {
     pub log_format: LogFormat,
 }
 
-fn duration(raw: &str) -> Result<Duration, String> {
+/// Parses a duration flag (`500ms`, `30s`, `2m`, `1h`), for clap's `value_parser`.
+pub fn duration(raw: &str) -> Result<Duration, String> {
     messaging::retry::parse_duration(raw)
         .ok_or_else(|| format!("{raw:?} is not a duration like 500ms, 30s, 2m or 1h"))
 }

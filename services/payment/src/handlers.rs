@@ -60,8 +60,11 @@ pub enum Charge {
     /// batch charges the same order.
     #[default]
     Recorded,
-    /// The gateway answered; the outcome is to be recorded.
-    Answered(PaymentOutcome),
+    /// The gateway answered for the order; the outcome is to be recorded.
+    Answered {
+        order_id: Uuid,
+        outcome: PaymentOutcome,
+    },
 }
 
 /// Charges each order once.
@@ -96,14 +99,20 @@ impl<G: PaymentGateway> OrderCreatedHandler<G> {
                     self.settings.timeout
                 )))
             });
-        match answer {
-            Ok(ChargeOutcome::Succeeded) => Ok(Charge::Answered(PaymentOutcome::Succeeded)),
-            Ok(ChargeOutcome::Declined { reason }) => {
-                Ok(Charge::Answered(PaymentOutcome::Declined { reason }))
+        let outcome = match answer {
+            Ok(ChargeOutcome::Succeeded) => PaymentOutcome::Succeeded,
+            Ok(ChargeOutcome::Declined { reason }) => PaymentOutcome::Declined { reason },
+            Err(error @ GatewayError::Transient(_)) => {
+                return Err(HandlerError::Transient(error.into()));
             }
-            Err(error @ GatewayError::Transient(_)) => Err(HandlerError::Transient(error.into())),
-            Err(error @ GatewayError::Permanent(_)) => Err(HandlerError::Permanent(error.into())),
-        }
+            Err(error @ GatewayError::Permanent(_)) => {
+                return Err(HandlerError::Permanent(error.into()));
+            }
+        };
+        Ok(Charge::Answered {
+            order_id: payment.order_id,
+            outcome,
+        })
     }
 }
 
@@ -189,12 +198,11 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
         message: &Incoming<OrderCreated>,
         charge: &Charge,
     ) -> Result<Vec<Envelope>, HandlerError> {
-        let Charge::Answered(outcome) = charge else {
+        let Charge::Answered { order_id, outcome } = charge else {
             tracing::info!("the payment's outcome is recorded already; nothing to do");
             return Ok(Vec::new());
         };
-        let order_id = parse_id("order_id", &message.event.order_id)?;
-        let Some(payment) = repository::record_outcome(tx, order_id, outcome).await? else {
+        let Some(payment) = repository::record_outcome(tx, *order_id, outcome).await? else {
             tracing::info!("another delivery recorded the payment's outcome; nothing to do");
             return Ok(Vec::new());
         };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand};
+use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand, settings::duration};
 
 use crate::{gateway::Latency, handlers::ChargeSettings};
 
@@ -59,11 +59,6 @@ impl GatewayArgs {
             concurrency: self.gateway_concurrency,
         })
     }
-}
-
-fn duration(raw: &str) -> Result<Duration, String> {
-    messaging::retry::parse_duration(raw)
-        .ok_or_else(|| format!("{raw:?} is not a duration like 500ms, 30s, 2m or 1h"))
 }
 
 fn latency(raw: &str) -> Result<Latency, String> {

@@ -68,7 +68,8 @@ pub struct ServiceProcess {
     env: Vec<(&'static str, String)>,
     log: PathBuf,
     child: Option<Child>,
-    health: HealthClient<Channel>,
+    /// A channel to its gRPC port, which survives its restarts.
+    channel: Channel,
 }
 
 impl ServiceProcess {
@@ -117,7 +118,10 @@ impl ServiceProcess {
             service: self.service.grpc_service().into(),
         });
         request.set_timeout(Duration::from_secs(1));
-        let response = self.health.clone().check(request).await.ok()?;
+        let response = HealthClient::new(self.channel.clone())
+            .check(request)
+            .await
+            .ok()?;
         Some(response.into_inner().status())
     }
 
@@ -226,7 +230,7 @@ impl ChaosStack {
                 env,
                 log: logs.join(format!("{}.log", service.binary())),
                 child: None,
-                health: HealthClient::new(channel),
+                channel,
             };
             process.start();
             services.push(process);
@@ -234,17 +238,7 @@ impl ChaosStack {
         for process in &services {
             process.wait_until_serving().await;
         }
-        let user_port = services[0]
-            .env
-            .iter()
-            .find(|(key, _)| *key == "GRPC_ADDR")
-            .map(|(_, addr)| addr.clone())
-            .expect("a gRPC address");
-        let users = UserServiceClient::new(
-            Endpoint::from_shared(format!("http://{user_port}"))
-                .expect("an endpoint")
-                .connect_lazy(),
-        );
+        let users = UserServiceClient::new(services[0].channel.clone());
         let pool = |service: Service| {
             PgPoolOptions::new()
                 .max_connections(4)
