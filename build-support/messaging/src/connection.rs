@@ -24,8 +24,10 @@ use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    limits::MAX_FRAME_BYTES,
     publisher::Publisher,
     topology::{Subscription, Topology},
+    trust::TrustedProducers,
 };
 
 /// How often the supervisor checks that the connection is alive.
@@ -50,6 +52,8 @@ pub struct BusSettings {
     pub owned: Vec<Subscription>,
     /// The AMQP heartbeat to negotiate (whole seconds, at least one), unless the URL sets one.
     pub heartbeat: Duration,
+    /// Who may produce each event this service consumes.
+    pub trusted_producers: TrustedProducers,
 }
 
 /// A live connection, with the topology declared.
@@ -66,6 +70,8 @@ pub struct Bus {
     responsive: watch::Receiver<bool>,
     topology: Topology,
     app_id: String,
+    user: String,
+    trusted_producers: TrustedProducers,
 }
 
 impl Bus {
@@ -75,13 +81,28 @@ impl Bus {
         let (responsive_sender, responsive) = watch::channel(true);
         let topology = settings.topology.clone();
         let app_id = settings.app_id.clone();
+        let user = broker_user(&settings.url);
+        let trusted_producers = settings.trusted_producers.clone();
         tracker.spawn(supervise(settings, sender, responsive_sender, stop));
         Self {
             state,
             responsive,
             topology,
             app_id,
+            user,
+            trusted_producers,
         }
+    }
+
+    /// Whether a delivery of `event` with `properties` came from a producer this service trusts
+    /// for it (see [`crate::trust`]).
+    pub fn trusts(&self, event: &str, properties: &lapin::BasicProperties) -> bool {
+        self.trusted_producers.trusts(event, properties, &self.user)
+    }
+
+    /// Who produced a delivery, as [`Bus::trusts`] judges it.
+    pub fn producer_of(&self, properties: &lapin::BasicProperties) -> Option<String> {
+        crate::trust::producer(properties, &self.user)
     }
 
     /// The name of the service this bus publishes for.
@@ -172,6 +193,19 @@ enum ConnectError {
     Url(String),
     #[error("no connection within {0:?}")]
     TimedOut(Duration),
+    #[error(
+        "the broker negotiated frame_max = {0}, over the {MAX_FRAME_BYTES} bytes this service's \
+         threads are sized for (a frame that large could nest headers deeper than they hold): \
+         set frame_max = {MAX_FRAME_BYTES} (RabbitMQ's default) in rabbitmq.conf"
+    )]
+    FrameMax(u32),
+}
+
+/// The broker user an AMQP URL logs in as (`guest` when it names none, as AMQP URLs default).
+pub fn broker_user(url: &str) -> String {
+    url.parse::<AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .unwrap_or_else(|_| AMQPUri::default().authority.userinfo.username)
 }
 
 /// The heartbeat in whole seconds, as AMQP negotiates it.
@@ -201,7 +235,13 @@ async fn connect(settings: &BusSettings) -> Result<(Connected, Channel), Connect
     }
     let properties =
         ConnectionProperties::default().with_connection_name(settings.app_id.clone().into());
+    let user = uri.authority.userinfo.username.clone();
     let connection = Connection::connect_uri(uri, properties).await?;
+    let frame_max = connection.configuration().frame_max();
+    if frame_max > MAX_FRAME_BYTES {
+        let _ = connection.close(200, "frame_max too large".into()).await;
+        return Err(ConnectError::FrameMax(frame_max));
+    }
     settings
         .topology
         .declare(&connection, &settings.owned)
@@ -210,6 +250,7 @@ async fn connect(settings: &BusSettings) -> Result<(Connected, Channel), Connect
         &connection,
         settings.topology.exchange(),
         settings.app_id.clone(),
+        user,
     )
     .await?;
     let probe = connection.create_channel().await?;

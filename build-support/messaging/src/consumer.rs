@@ -46,9 +46,11 @@ use crate::{
     connection::{Bus, Connected},
     db_errors::{self, DbErrorClass},
     envelope::{CAUSATION_ID_HEADER, Envelope, EventContext, TRACEPARENT_HEADER},
-    inbox, outbox,
+    inbox,
+    limits::HeaderWeight,
+    outbox,
     publisher::Publisher,
-    retry::{self, Failure, FailureKind, RetryPolicy},
+    retry::{Failure, FailureKind, RetryPolicy},
     topology::Subscription,
     trace_context::{self, TraceParent},
 };
@@ -437,7 +439,10 @@ impl<H: Handler> EventConsumer<H> {
         let queue = self.bus.topology().queue(&self.subscription);
         let setup = async {
             let channel = connected.connection.create_channel().await?;
-            self.retry.declare(&channel, &queue).await?;
+            let dead_letter_exchange = self.bus.topology().dead_letter_exchange();
+            self.retry
+                .declare(&channel, &dead_letter_exchange, &queue)
+                .await?;
             channel
                 .basic_qos(self.tuning.prefetch, BasicQosOptions::default())
                 .await?;
@@ -522,7 +527,9 @@ impl<H: Handler> EventConsumer<H> {
             .record(deliveries.len() as f64);
         let mut decoded = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let attempts = retry::attempts(&delivery);
+            let Some(attempts) = self.admit(&delivery, publisher).await else {
+                continue;
+            };
             match decode::<H::Event>(&delivery) {
                 Ok(message) => {
                     // The span continues the producer's trace; everything the handler logs
@@ -565,6 +572,64 @@ impl<H: Handler> EventConsumer<H> {
         if let Some(batch) = self.prepare(decoded, publisher).await {
             self.apply_and_settle(batch, publisher).await;
         }
+    }
+
+    /// Checks what a delivery carries before anything else touches it: headers too heavy to
+    /// forward are rejected (the broker dead-letters the message, with `x-death`: re-publishing
+    /// it with our headers could exceed `frame_max` and cost the connection), and an event from
+    /// an untrusted producer is dead-lettered as `untrusted`. Returns the delivery's attempts so
+    /// far (its header, at most the number of retries) when it may go on.
+    async fn admit(&self, delivery: &Delivery, publisher: &Publisher) -> Option<u32> {
+        let weight = HeaderWeight::of(delivery.properties.headers().as_ref());
+        if !weight.forwardable() {
+            tracing::warn!(
+                consumer = self.name,
+                depth = weight.depth,
+                bytes = weight.bytes,
+                "headers too deep or too big to forward; rejecting the message to the dead-letter queue"
+            );
+            let kind = FailureKind::OversizedHeaders;
+            self.count_refused(kind);
+            metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
+                .increment(1);
+            settle(reject(delivery)).await;
+            return None;
+        }
+        let attempts = self.retry.attempts_of(delivery);
+        if !self.bus.trusts(H::Event::ROUTING_KEY, &delivery.properties) {
+            let producer = self.bus.producer_of(&delivery.properties);
+            tracing::warn!(
+                consumer = self.name,
+                event_type = H::Event::TYPE_NAME,
+                producer = ?producer,
+                "event from a producer not trusted for it; dead-lettering it unapplied"
+            );
+            let error = format!(
+                "{} is not trusted to produce {}",
+                producer.as_deref().unwrap_or("a publisher without user_id"),
+                H::Event::ROUTING_KEY
+            );
+            self.count_refused(FailureKind::Untrusted);
+            self.dead_letter(
+                delivery,
+                publisher,
+                FailureKind::Untrusted,
+                attempts,
+                &error,
+            )
+            .await;
+            return None;
+        }
+        Some(attempts)
+    }
+
+    /// Counts a delivery refused before decoding, under its failure kind.
+    fn count_refused(&self, kind: FailureKind) {
+        metrics::counter!(
+            "events_consumed_total",
+            "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => kind.as_str()
+        )
+        .increment(1);
     }
 
     /// Runs the handler's first step for the batch, outside any transaction. What it failed on
@@ -722,13 +787,13 @@ impl<H: Handler> EventConsumer<H> {
                     &delivery,
                     publisher,
                     FailureKind::Permanent,
-                    attempts + 1,
+                    attempts.saturating_add(1),
                     &error,
                 )
                 .await;
             }
             HandlerError::Transient(error) => {
-                let attempt = attempts + 1;
+                let attempt = attempts.saturating_add(1);
                 match self.retry.delay(attempt) {
                     Some(delay) => {
                         tracing::warn!(
@@ -842,9 +907,15 @@ impl<H: Handler> EventConsumer<H> {
             message: error.to_string(),
             at: chrono::Utc::now(),
         };
-        let queue = RetryPolicy::retry_queue(&self.bus.topology().queue(&self.subscription), delay);
+        let topology = self.bus.topology();
+        let queue = RetryPolicy::retry_queue(&topology.queue(&self.subscription), delay);
         match publisher
-            .forward("", &queue, &delivery.data, failure.annotate(delivery))
+            .forward(
+                &topology.dead_letter_exchange(),
+                &queue,
+                &delivery.data,
+                failure.annotate(delivery),
+            )
             .await
         {
             Ok(()) => settle(ack(delivery)).await,

@@ -5,6 +5,8 @@
 //! - [`envelope`]: an event with every AMQP property and header, set in one place.
 //! - [`publisher`]: publishing with confirms and `mandatory`; a returned message is a failure.
 //! - [`connection`]: the supervised connection to RabbitMQ that the rest borrows from.
+//! - [`limits`]: the bounds that keep a hostile message's headers harmless.
+//! - [`trust`]: who may produce which event (AMQP `user_id`, `TRUSTED_PRODUCERS`).
 //! - [`outbox`]: the transactional outbox and the relay that drains it.
 //! - [`consumer`] and [`inbox`]: decode, apply in one transaction with the inbox row, ack after
 //!   commit, dead-letter what cannot be decoded.
@@ -14,11 +16,13 @@ pub mod consumer;
 pub mod db_errors;
 pub mod envelope;
 pub mod inbox;
+pub mod limits;
 pub mod outbox;
 pub mod publisher;
 pub mod retry;
 pub mod topology;
 pub mod trace_context;
+pub mod trust;
 
 pub use connection::{Bus, BusSettings, Connected};
 pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};
@@ -28,6 +32,7 @@ pub use publisher::{PublishError, Publisher};
 pub use retry::RetryPolicy;
 pub use topology::{Namespace, Topology};
 pub use trace_context::TraceParent;
+pub use trust::TrustedProducers;
 
 /// The messaging tables (outbox, and later the inbox), applied into each service's own database
 /// before the service's migrations. Versions are small integers so they never collide with the

@@ -322,15 +322,16 @@ async fn vacuum(pool: PgPool) {
     }
 }
 
-/// Exponential back-off per attempt: 1 s, 2 s, 4 s … capped at 30 s.
+/// Exponential back-off per attempt: 1 s, 2 s, 4 s … capped at 30 s. The exponent is capped too
+/// (`power(2, 1024)` overflows a double), and so is the count.
 async fn reschedule(
     connection: &mut PgConnection,
     message_id: Uuid,
     error: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "update outbox set attempts = attempts + 1, last_error = $2, \
-         next_attempt_at = now() + make_interval(secs => least(power(2, attempts), $3)) \
+        "update outbox set attempts = least(attempts, 1000000) + 1, last_error = $2, \
+         next_attempt_at = now() + make_interval(secs => least(power(2, least(attempts, 16)), $3)) \
          where message_id = $1",
     )
     .bind(message_id)

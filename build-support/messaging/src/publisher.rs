@@ -3,6 +3,10 @@
 //! A message counts as delivered only when the broker acked it and did not return it: a
 //! returned (unroutable) message, a nack, a channel error or a confirm that never comes are
 //! all failures the caller must retry.
+//!
+//! Every message carries the AMQP `user_id` of the broker user the publisher logged in as, which
+//! RabbitMQ checks against the connection's: consumers know who produced it (see
+//! [`crate::trust`]).
 
 use std::time::Duration;
 
@@ -36,14 +40,17 @@ pub struct Publisher {
     channel: Channel,
     exchange: String,
     app_id: String,
+    user_id: String,
 }
 
 impl Publisher {
-    /// Opens a channel on `connection` and puts it in confirm mode.
+    /// Opens a channel on `connection` and puts it in confirm mode. `user_id` must be the broker
+    /// user `connection` logged in as (the broker refuses any other).
     pub async fn open(
         connection: &Connection,
         exchange: String,
         app_id: String,
+        user_id: String,
     ) -> Result<Self, lapin::Error> {
         let channel = connection.create_channel().await?;
         channel
@@ -53,6 +60,7 @@ impl Publisher {
             channel,
             exchange,
             app_id,
+            user_id,
         })
     }
 
@@ -61,9 +69,9 @@ impl Publisher {
         self.channel.status().connected()
     }
 
-    /// Re-publishes a message as it is (payload and properties) to any exchange, `""` being the
-    /// default exchange that routes by queue name, and waits for its confirm. For retries, dead
-    /// letters and replays.
+    /// Re-publishes a message as it is (payload and properties) to any exchange, and waits for its
+    /// confirm. For retries, dead letters and replays. A message without a `user_id` gets this
+    /// publisher's.
     pub async fn forward(
         &self,
         exchange: &str,
@@ -71,6 +79,10 @@ impl Publisher {
         payload: &[u8],
         properties: lapin::BasicProperties,
     ) -> Result<(), PublishError> {
+        let properties = match properties.user_id() {
+            Some(_) => properties,
+            None => properties.with_user_id(self.user_id.as_str().into()),
+        };
         // Bounded as a whole: sending can wait too (a blocked or dying connection).
         let published = async {
             let confirm = self
@@ -118,7 +130,9 @@ impl Publisher {
                         ..BasicPublishOptions::default()
                     },
                     &envelope.payload,
-                    envelope.properties(&self.app_id),
+                    envelope
+                        .properties(&self.app_id)
+                        .with_user_id(self.user_id.as_str().into()),
                 )
                 .await;
             pending.push(async move {

@@ -2,23 +2,27 @@
 //!
 //! A transiently failed message is re-published, with its attempt count in a header, to a retry
 //! queue whose TTL is the back-off delay and which dead-letters back into the work queue, so the
-//! wait survives a restart of the consumer. Past the last delay, and at once for a permanent
+//! wait survives a restart of the consumer. Both hops go through the dead-letter exchange (the
+//! retry queue is bound to it under its own name, the work queue under `<queue>.requeue`): a
+//! service needs no access to the default exchange, which would let it write to any queue. Past the last delay, and at once for a permanent
 //! failure or an undecodable message, it is re-published to the queue's dead-letter queue with
 //! headers saying what failed, where, when and how often.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+
+use crate::trust::ORIGINAL_USER_ID_HEADER;
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
-    options::QueueDeclareOptions,
+    options::{QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 
 /// Attempts so far (the first failure makes 1).
 pub const ATTEMPTS_HEADER: &str = "attempts";
-/// `undecodable`, `permanent` or `retries_exhausted`.
+/// `undecodable`, `permanent`, `retries_exhausted` or `untrusted`.
 pub const FAILURE_KIND_HEADER: &str = "failure_kind";
 /// The last error, as text.
 pub const FAILURE_MESSAGE_HEADER: &str = "failure_message";
@@ -32,6 +36,8 @@ pub const CONSUMER_HEADER: &str = "failed_consumer";
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "original_exchange";
 /// The routing key the message was first published with.
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "original_routing_key";
+/// Suffix of the routing key on the dead-letter exchange that leads back into a work queue.
+pub const REQUEUE_SUFFIX: &str = ".requeue";
 /// Longest failure message kept in a header.
 const MAX_FAILURE_MESSAGE: usize = 1024;
 
@@ -41,6 +47,11 @@ pub enum FailureKind {
     Undecodable,
     Permanent,
     RetriesExhausted,
+    /// Its producer is not trusted for its event type (see [`crate::trust`]).
+    Untrusted,
+    /// Its headers are too deep or too big to forward (see [`crate::limits`]): rejected, so the
+    /// broker dead-letters it with `x-death` but without our headers.
+    OversizedHeaders,
 }
 
 impl FailureKind {
@@ -49,6 +60,8 @@ impl FailureKind {
             Self::Undecodable => "undecodable",
             Self::Permanent => "permanent",
             Self::RetriesExhausted => "retries_exhausted",
+            Self::Untrusted => "untrusted",
+            Self::OversizedHeaders => "oversized_headers",
         }
     }
 }
@@ -94,15 +107,35 @@ impl RetryPolicy {
         self.delays.get(index).copied()
     }
 
-    /// The name of `queue`'s retry queue for `delay`.
-    pub fn retry_queue(queue: &str, delay: Duration) -> String {
-        format!("{queue}.retry.{}ms", delay.as_millis())
+    /// The attempts of a delivery so far, as its (untrusted) header says, at most the number of
+    /// retries: a higher count makes the next failure the last, never wraps.
+    pub fn attempts_of(&self, delivery: &Delivery) -> u32 {
+        let retries = u32::try_from(self.delays.len()).unwrap_or(u32::MAX);
+        attempts(delivery).min(retries)
     }
 
-    /// Declares `queue`'s retry queues: each holds messages for its delay, then dead-letters them
-    /// back into `queue` through the default exchange. Idempotent.
-    pub async fn declare(&self, channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+    /// The name of `queue`'s retry queue for `delay`. (`.wait.`: the `.retry.` queues of earlier
+    /// versions went back through the default exchange and are left to drain.)
+    pub fn retry_queue(queue: &str, delay: Duration) -> String {
+        format!("{queue}.wait.{}ms", delay.as_millis())
+    }
+
+    /// The routing key on the dead-letter exchange that leads back into `queue`.
+    pub fn requeue_key(queue: &str) -> String {
+        format!("{queue}{REQUEUE_SUFFIX}")
+    }
+
+    /// Declares `queue`'s retry queues, each bound to `dead_letter_exchange` under its own name:
+    /// each holds messages for its delay, then dead-letters them back into `queue` through that
+    /// exchange. Idempotent.
+    pub async fn declare(
+        &self,
+        channel: &Channel,
+        dead_letter_exchange: &str,
+        queue: &str,
+    ) -> Result<(), lapin::Error> {
         for delay in &self.delays {
+            let retry_queue = Self::retry_queue(queue, *delay);
             let mut arguments = FieldTable::default();
             arguments.insert(
                 "x-message-ttl".into(),
@@ -110,20 +143,29 @@ impl RetryPolicy {
             );
             arguments.insert(
                 "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(LongString::from("")),
+                AMQPValue::LongString(LongString::from(dead_letter_exchange)),
             );
             arguments.insert(
                 "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(LongString::from(queue)),
+                AMQPValue::LongString(LongString::from(Self::requeue_key(queue))),
             );
             channel
                 .queue_declare(
-                    Self::retry_queue(queue, *delay).into(),
+                    retry_queue.as_str().into(),
                     QueueDeclareOptions {
                         durable: true,
                         ..QueueDeclareOptions::default()
                     },
                     arguments,
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    retry_queue.as_str().into(),
+                    dead_letter_exchange.into(),
+                    retry_queue.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
                 )
                 .await?;
         }
@@ -151,11 +193,11 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
     }
 }
 
-/// The attempts a delivery has had so far, from its header.
+/// The attempts a delivery has had so far, from its header: 0 without one, saturated to `u32`.
 pub fn attempts(delivery: &Delivery) -> u32 {
     header(&delivery.properties, ATTEMPTS_HEADER)
         .and_then(integer)
-        .and_then(|n| u32::try_from(n).ok())
+        .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
         .unwrap_or(0)
 }
 
@@ -206,7 +248,8 @@ pub struct Failure<'a> {
 }
 
 impl Failure<'_> {
-    /// The delivery's properties with the failure headers set. The original exchange and routing
+    /// The delivery's properties with the failure headers set, and without a `user_id`: the
+    /// producer's moves to the [`ORIGINAL_USER_ID_HEADER`] header. The original exchange and routing
     /// key, and the first failure time, are kept from an earlier failure when there was one.
     pub fn annotate(&self, delivery: &Delivery) -> BasicProperties {
         let properties = &delivery.properties;
@@ -222,6 +265,11 @@ impl Failure<'_> {
                 ORIGINAL_ROUTING_KEY_HEADER,
                 long(delivery.routing_key.as_str()),
             );
+        }
+        if let Some(user_id) = properties.user_id()
+            && header(properties, ORIGINAL_USER_ID_HEADER).is_none()
+        {
+            set(ORIGINAL_USER_ID_HEADER, long(user_id.as_str()));
         }
         if header(properties, FIRST_FAILURE_HEADER).is_none() {
             set(FIRST_FAILURE_HEADER, long(&now));
@@ -244,8 +292,53 @@ impl Failure<'_> {
         if let Some(kind) = self.kind {
             set(FAILURE_KIND_HEADER, long(kind.as_str()));
         }
-        properties.clone().with_headers(headers)
+        // Re-published under the forwarding publisher's own user_id (the broker allows no
+        // other); the producer's stays in its header.
+        without_user_id(properties).with_headers(headers)
     }
+}
+
+/// `properties` without their `user_id` (and without headers, which the caller sets).
+fn without_user_id(properties: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default();
+    let text = |value: &Option<lapin::types::ShortString>| value.clone();
+    if let Some(value) = text(properties.content_type()) {
+        copy = copy.with_content_type(value);
+    }
+    if let Some(value) = text(properties.content_encoding()) {
+        copy = copy.with_content_encoding(value);
+    }
+    if let Some(value) = *properties.delivery_mode() {
+        copy = copy.with_delivery_mode(value);
+    }
+    if let Some(value) = *properties.priority() {
+        copy = copy.with_priority(value);
+    }
+    if let Some(value) = text(properties.correlation_id()) {
+        copy = copy.with_correlation_id(value);
+    }
+    if let Some(value) = text(properties.reply_to()) {
+        copy = copy.with_reply_to(value);
+    }
+    if let Some(value) = text(properties.expiration()) {
+        copy = copy.with_expiration(value);
+    }
+    if let Some(value) = text(properties.message_id()) {
+        copy = copy.with_message_id(value);
+    }
+    if let Some(value) = *properties.timestamp() {
+        copy = copy.with_timestamp(value);
+    }
+    if let Some(value) = text(properties.kind()) {
+        copy = copy.with_type(value);
+    }
+    if let Some(value) = text(properties.app_id()) {
+        copy = copy.with_app_id(value);
+    }
+    if let Some(value) = text(properties.cluster_id()) {
+        copy = copy.with_cluster_id(value);
+    }
+    copy
 }
 
 #[cfg(test)]
@@ -287,7 +380,11 @@ mod tests {
     fn retry_queues_are_named_by_queue_and_delay() {
         assert_eq!(
             RetryPolicy::retry_queue("ns.order_service.user_created", Duration::from_secs(5)),
-            "ns.order_service.user_created.retry.5000ms"
+            "ns.order_service.user_created.wait.5000ms"
+        );
+        assert_eq!(
+            RetryPolicy::requeue_key("ns.order_service.user_created"),
+            "ns.order_service.user_created.requeue"
         );
     }
 }

@@ -247,6 +247,9 @@ impl Topology {
             AMQPValue::LongString(LongString::from(queue.clone())),
         );
         declare_durable_queue(channel, &queue, arguments).await?;
+        // Retries come back through the dead-letter exchange (see `crate::retry`).
+        let requeue = crate::retry::RetryPolicy::requeue_key(&queue);
+        bind(channel, &queue, &self.dead_letter_exchange(), &requeue).await?;
         bind(channel, &queue, &self.exchange(), subscription.routing_key).await
     }
 

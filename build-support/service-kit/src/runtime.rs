@@ -76,6 +76,7 @@ impl ServiceRuntime {
                 app_id: settings.service_name.to_owned(),
                 owned: consumes.to_vec(),
                 heartbeat: settings.amqp_heartbeat,
+                trusted_producers: settings.trusted_producers.clone(),
             },
             &bus_task,
             bus_stop.clone(),

@@ -6,7 +6,9 @@
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology, retry::DEFAULT_RETRY_DELAYS};
+use messaging::{
+    ConsumerTuning, Namespace, RetryPolicy, Topology, TrustedProducers, retry::DEFAULT_RETRY_DELAYS,
+};
 use secrecy::SecretString;
 
 /// The broker every service uses unless told otherwise.
@@ -62,6 +64,11 @@ pub struct CommonArgs {
     /// Health says NOT_SERVING once the oldest unpublished outbox row is older than this.
     #[arg(long, env = "OUTBOX_MAX_AGE", default_value = "60s", value_parser = duration)]
     pub outbox_max_age: Duration,
+    /// The broker users each consumed event type is accepted from, e.g.
+    /// `user_created=user_service,order_created=order_service` (the AMQP `user_id` of the
+    /// publish). Unset: only the broker user of AMQP_URL, for a stack whose services share one.
+    #[arg(long, env = "TRUSTED_PRODUCERS", default_value = "", value_parser = trusted_producers)]
+    pub trusted_producers: TrustedProducers,
     /// Prefix for every exchange and queue name, so several stacks can share one broker.
     #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
     pub bus_namespace: String,
@@ -92,6 +99,10 @@ pub fn duration(raw: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{raw:?} is not a duration like 500ms, 30s, 2m or 1h"))
 }
 
+fn trusted_producers(raw: &str) -> Result<TrustedProducers, String> {
+    TrustedProducers::parse(raw).map_err(|error| error.to_string())
+}
+
 fn secret(raw: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(raw.to_owned()))
 }
@@ -108,6 +119,7 @@ pub struct Settings {
     pub metrics_addr: SocketAddr,
     pub outbox_max_age: Duration,
     pub topology: Topology,
+    pub trusted_producers: TrustedProducers,
     pub retry: RetryPolicy,
     pub consumer: ConsumerTuning,
     pub rust_log: String,
@@ -157,6 +169,7 @@ impl CommonArgs {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.metrics_port))),
             outbox_max_age: self.outbox_max_age,
             topology: Topology::new(namespace),
+            trusted_producers: self.trusted_producers,
             retry: RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?,
             consumer: ConsumerTuning {
                 workers: consumer_workers,

@@ -11,12 +11,22 @@ use messaging::{
 };
 use uuid::Uuid;
 
+/// A confirmed publisher to the namespace's events exchange, as the trusted test user.
+pub async fn publisher(amqp: &Connection, topology: &Topology, app_id: &str) -> Publisher {
+    Publisher::open(
+        amqp,
+        topology.exchange(),
+        app_id.to_owned(),
+        crate::broker_user(),
+    )
+    .await
+    .expect("a publisher")
+}
+
 /// Publishes `envelope` to the namespace's events exchange with confirms, as its producer would.
 pub async fn publish(amqp: &Connection, topology: &Topology, app_id: &str, envelope: &Envelope) {
-    let publisher = Publisher::open(amqp, topology.exchange(), app_id.to_owned())
+    publisher(amqp, topology, app_id)
         .await
-        .expect("a publisher");
-    publisher
         .publish(envelope)
         .await
         .expect("the broker takes the event");
@@ -45,12 +55,14 @@ pub async fn publish_raw(
 }
 
 /// Poison: random bytes, an empty body, a wrong `type`, no `message_id`, and a
-/// body over the size limit, each typed as `type_name` unless the type is the poison. An empty
+/// body over the size limit, each typed as `type_name` unless the type is the poison, and each
+/// from the trusted test user (an untrusted producer's message is not even decoded). An empty
 /// body is a valid, empty protobuf message: it decodes, and the handler rejects its missing ids
 /// as a permanent failure; the rest do not decode.
 pub fn poison(type_name: &str) -> Vec<(&'static str, Vec<u8>, BasicProperties)> {
+    let trusted = || BasicProperties::default().with_user_id(crate::broker_user().into());
     let good = |kind: &str| {
-        BasicProperties::default()
+        trusted()
             .with_message_id(Uuid::new_v4().to_string().into())
             .with_type(kind.into())
             .with_content_type("application/protobuf".into())
@@ -70,7 +82,7 @@ pub fn poison(type_name: &str) -> Vec<(&'static str, Vec<u8>, BasicProperties)> 
         (
             "missing message_id",
             b"\x0a\x03abc".to_vec(),
-            BasicProperties::default().with_type(type_name.into()),
+            trusted().with_type(type_name.into()),
         ),
         (
             "over the size limit",

@@ -10,7 +10,7 @@ mod proxy;
 mod running;
 
 pub use broker::{
-    dead_letters, new_context, poison, publish, publish_raw, queue_depth, take_message,
+    dead_letters, new_context, poison, publish, publish_raw, publisher, queue_depth, take_message,
 };
 pub use private_servers::{PrivateBroker, PrivatePostgres};
 pub use proxy::BrokerProxy;
@@ -57,6 +57,12 @@ pub fn postgres_server() -> String {
 pub fn broker_url() -> String {
     std::env::var("TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The broker user the tests log in as: the `user_id` of what they publish, which the services
+/// trust (they log in as the same user).
+pub fn broker_user() -> String {
+    messaging::connection::broker_user(&broker_url())
 }
 
 /// One test's private corner of the shared servers: a bus namespace and the databases named
@@ -111,6 +117,7 @@ impl Sandbox {
             metrics_addr: "127.0.0.1:0".parse().expect("a valid address"),
             outbox_max_age: Duration::from_secs(60),
             topology: self.topology.clone(),
+            trusted_producers: Default::default(),
             retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
             consumer: ConsumerTuning::default(),
             database_pool_size: 16,

@@ -18,6 +18,7 @@ use messaging::{
         ORIGINAL_ROUTING_KEY_HEADER, integer_header, text_header,
     },
     topology::Subscription,
+    trust::ORIGINAL_USER_ID_HEADER,
 };
 use serde_json::json;
 
@@ -33,6 +34,7 @@ const FAILURE_HEADERS: &[&str] = &[
     CONSUMER_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
+    ORIGINAL_USER_ID_HEADER,
     "x-death",
     "x-first-death-exchange",
     "x-first-death-queue",
@@ -45,6 +47,8 @@ const FAILURE_HEADERS: &[&str] = &[
 /// The dead-letter queues of one namespace.
 pub(crate) struct DeadLetters<'a> {
     connection: &'a Connection,
+    /// The broker user `connection` logged in as.
+    user: String,
     topology: Topology,
     subscriptions: Vec<&'static Subscription>,
 }
@@ -65,11 +69,13 @@ impl Fetched {
 impl<'a> DeadLetters<'a> {
     pub(crate) fn new(
         connection: &'a Connection,
+        user: String,
         topology: Topology,
         subscriptions: Vec<&'static Subscription>,
     ) -> Self {
         Self {
             connection,
+            user,
             topology,
             subscriptions,
         }
@@ -178,6 +184,7 @@ impl<'a> DeadLetters<'a> {
             self.connection,
             self.topology.exchange(),
             "eventsctl".into(),
+            self.user.clone(),
         )
         .await
         .context("cannot open a publishing channel")?;
@@ -330,7 +337,13 @@ fn fresh(properties: &BasicProperties) -> BasicProperties {
         "replayed_time".into(),
         AMQPValue::LongString(Utc::now().to_rfc3339().into()),
     );
-    properties.clone().with_headers(headers)
+    let replayed = properties.clone().with_headers(headers);
+    // Under its producer's user_id, which consumers check: the broker allows that only to the
+    // producer's own broker user or one tagged `impersonator` (README, Security).
+    match text_header(properties, ORIGINAL_USER_ID_HEADER) {
+        Some(producer) => replayed.with_user_id(producer.as_str().into()),
+        None => replayed,
+    }
 }
 
 fn message_id(properties: &BasicProperties) -> String {

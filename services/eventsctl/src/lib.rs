@@ -177,7 +177,8 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     };
     let subscriptions = select_queues(queue)?;
     let connection = connect(&cli.amqp_url).await?;
-    let dlq = dlq::DeadLetters::new(&connection, topology, subscriptions);
+    let user = messaging::connection::broker_user(&cli.amqp_url);
+    let dlq = dlq::DeadLetters::new(&connection, user, topology, subscriptions);
     let outcome = match command {
         DlqCommand::List => dlq.list(out).await,
         DlqCommand::Show { filter, limit } => dlq.show(&filter, limit, out).await,

@@ -8,8 +8,14 @@ use service_kit::{
     shutdown, telemetry,
 };
 
+fn main() -> anyhow::Result<()> {
+    messaging::limits::ensure_thread_stacks()
+        .context("cannot give its threads the stack a hostile message needs")?;
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = cli.common.resolve(&DEFAULTS)?;
     if let Some(ServiceCommand::Healthcheck) = cli.command {

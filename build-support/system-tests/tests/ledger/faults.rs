@@ -9,7 +9,7 @@ use lapin::{
     options::BasicAckOptions,
     types::{AMQPValue, FieldTable},
 };
-use messaging::{Publisher, Topology, topology::SUBSCRIPTIONS};
+use messaging::{Topology, topology::SUBSCRIPTIONS};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
@@ -251,9 +251,7 @@ async fn republish(
     copies: &[(String, Delivery)],
     times: usize,
 ) {
-    let publisher = Publisher::open(amqp, topology.exchange(), "chaos-ledger".into())
-        .await
-        .expect("a publisher");
+    let publisher = test_support::publisher(amqp, topology, "chaos-ledger").await;
     let exchange = topology.exchange();
     let sends = copies.iter().flat_map(|(routing_key, delivery)| {
         (0..times).map(|_| {

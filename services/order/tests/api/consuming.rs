@@ -108,9 +108,7 @@ async fn the_same_user_created_delivered_twice_at_once_gives_one_order() {
         .collect();
 
     // Act
-    let publisher = messaging::Publisher::open(&app.amqp, app.topology().exchange(), "test".into())
-        .await
-        .expect("publisher");
+    let publisher = test_support::publisher(&app.amqp, app.topology(), "test").await;
     let doubled: Vec<_> = envelopes
         .iter()
         .flat_map(|e| [e.clone(), e.clone()])

@@ -9,7 +9,6 @@ use std::{
 
 use futures_util::StreamExt;
 use lapin::options::BasicAckOptions;
-use messaging::Publisher;
 use proto::user::v1::Plan;
 use sqlx::PgPool;
 use test_support::{Sandbox, TEST_RETRY_DELAYS, eventually, eventually_within};
@@ -59,9 +58,7 @@ async fn interrupted_mid_flow(signal_name: &str) -> std::process::ExitStatus {
     let envelopes: Vec<_> = (0..USERS)
         .map(|i| user_created(&format!("user{i}@example.com"), Plan::Basic))
         .collect();
-    let publisher = Publisher::open(&amqp, sandbox.topology.exchange(), "test".into())
-        .await
-        .expect("publisher");
+    let publisher = test_support::publisher(&amqp, &sandbox.topology, "test").await;
     assert!(
         publisher
             .publish_batch(&envelopes)

@@ -85,9 +85,7 @@ async fn a_duplicate_order_created_gives_one_payment() {
     resent.message_id = uuid::Uuid::now_v7();
 
     // Act: all three at once, so they race on parallel workers.
-    let publisher = messaging::Publisher::open(&app.amqp, app.topology().exchange(), "test".into())
-        .await
-        .expect("publisher");
+    let publisher = test_support::publisher(&app.amqp, app.topology(), "test").await;
     let outcomes = publisher
         .publish_batch(&[envelope.clone(), envelope, resent])
         .await;

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use messaging::{Bus, BusSettings, OutboxRelay, Publisher, outbox};
+use messaging::{Bus, BusSettings, OutboxRelay, outbox};
 use prost::Message;
 use proto::user::v1::UserCreated;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -70,9 +70,7 @@ async fn a_relay_killed_between_publish_and_delete_republishes_with_the_same_mes
 
     // Act: a relay claims the row and publishes it, then dies before deleting it and
     // committing (its transaction is rolled back, as when the process is killed).
-    let publisher = Publisher::open(&app.amqp, app.topology().exchange(), "user-service".into())
-        .await
-        .expect("publisher");
+    let publisher = test_support::publisher(&app.amqp, app.topology(), "user-service").await;
     let mut tx = app.db.begin().await.expect("begin");
     let claimed = outbox::claim_due(&mut tx, 10).await.expect("claim");
     assert_eq!(claimed.len(), 1);
@@ -120,6 +118,7 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows() {
             app_id: "user-service".into(),
             owned: Vec::new(),
             heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
+            trusted_producers: Default::default(),
         },
         &tracker,
         stop.clone(),

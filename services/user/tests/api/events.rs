@@ -216,3 +216,46 @@ async fn an_unroutable_event_stays_in_the_outbox_until_a_queue_is_bound() {
     );
     eventually(|| async { app.outbox_rows().await == 0 }).await;
 }
+
+#[tokio::test]
+async fn an_outbox_row_that_failed_thousands_of_times_is_still_rescheduled_and_delivered() {
+    // Arrange: an unroutable event whose row has failed 5,000 times (2^5000 s overflows).
+    let app = spawn_app().await;
+    app.route_user_created(false).await;
+    app.create_user("ada@example.com", "Ada")
+        .await
+        .expect("created");
+    let attempts = || async {
+        sqlx::query_scalar::<_, i32>("select coalesce(max(attempts), 0) from outbox")
+            .fetch_one(&app.db)
+            .await
+            .expect("query")
+    };
+    eventually(|| async { attempts().await >= 1 }).await;
+    sqlx::query("update outbox set attempts = 5000, next_attempt_at = now()")
+        .execute(&app.db)
+        .await
+        .expect("update");
+
+    // Act / Assert: the relay's next failure is recorded (the pass does not roll back) …
+    eventually(|| async { attempts().await > 5000 }).await;
+
+    // … with a back-off capped like any other (30 s) …
+    let wait: f64 = sqlx::query_scalar(
+        "select extract(epoch from next_attempt_at - now())::float8 from outbox",
+    )
+    .fetch_one(&app.db)
+    .await
+    .expect("query");
+    assert!(wait <= 30.0, "{wait}");
+
+    // … and once a queue is bound and its time comes, the row is delivered.
+    let mut events = app.capture("user_created").await;
+    app.route_user_created(true).await;
+    sqlx::query("update outbox set next_attempt_at = now()")
+        .execute(&app.db)
+        .await
+        .expect("update");
+    next_delivery(&mut events).await;
+    eventually(|| async { app.outbox_rows().await == 0 }).await;
+}
