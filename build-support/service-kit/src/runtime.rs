@@ -20,7 +20,12 @@ use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::request_id::MakeRequestUuid;
 
-use crate::{database, metrics, settings::Settings};
+use crate::{
+    database,
+    grpc_limits::{GrpcLimits, LimitStatusLayer, MessageSizeLimitLayer},
+    metrics,
+    settings::Settings,
+};
 
 /// How long in-flight calls and background work get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +45,7 @@ pub struct ServiceRuntime {
     retry: RetryPolicy,
     consumer: ConsumerTuning,
     service_name: &'static str,
+    grpc_limits: GrpcLimits,
     listener: TcpListener,
     health: HealthReporter,
     routes: Routes,
@@ -138,6 +144,7 @@ impl ServiceRuntime {
             retry: settings.retry.clone(),
             consumer: settings.consumer,
             service_name: settings.service_name,
+            grpc_limits: settings.grpc,
             listener,
             health,
             routes,
@@ -222,6 +229,7 @@ impl ServiceRuntime {
             retry: _,
             consumer: _,
             service_name,
+            grpc_limits,
             listener,
             health,
             routes,
@@ -233,17 +241,35 @@ impl ServiceRuntime {
         let routes = add_services(routes).prepare();
 
         let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(grpc_limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(metrics::GrpcMetricsLayer {
                         service: service_name,
                     })
+                    // Inside the metrics layer, so shed and timed-out calls are counted with
+                    // their status.
+                    .layer(LimitStatusLayer)
+                    // Shedding comes first, so a refused call costs next to nothing.
+                    .layer(tower::load_shed::LoadShedLayer::new())
+                    // One semaphore for all connections: the limit is the server's, not each
+                    // connection's.
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                        grpc_limits.concurrency_limit,
+                    ))
+                    .layer(tower::timeout::TimeoutLayer::new(
+                        grpc_limits.request_timeout,
+                    ))
                     .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                         MakeRequestUuid,
                     ))
                     .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
                     // Inside the request-id layer, so the span sees the (generated) id.
-                    .layer(crate::request_context::TraceContextLayer),
+                    .layer(crate::request_context::TraceContextLayer)
+                    .layer(MessageSizeLimitLayer {
+                        max_bytes: grpc_limits.max_message_bytes,
+                    }),
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(

@@ -1,0 +1,5 @@
+//! Hostile input (issue 11): what a client cannot do to the service however it calls it.
+//!
+//! - [`limits`]: too many calls, too long a call, too big a message (item 6).
+
+mod limits;
