@@ -23,7 +23,7 @@ use tower_http::request_id::MakeRequestUuid;
 use crate::{
     database,
     grpc_limits::{GrpcLimits, LimitStatusLayer, MessageSizeLimitLayer},
-    metrics,
+    metrics::{self, KnownMethods},
     settings::Settings,
 };
 
@@ -46,6 +46,7 @@ pub struct ServiceRuntime {
     consumer: ConsumerTuning,
     service_name: &'static str,
     grpc_limits: GrpcLimits,
+    known_methods: KnownMethods,
     listener: TcpListener,
     health: HealthReporter,
     routes: Routes,
@@ -128,6 +129,21 @@ impl ServiceRuntime {
                 .with_service_name(grpc_service)
                 .with_service_name("grpc.health.v1.Health")
         };
+        let known_methods = KnownMethods::of(
+            &[
+                grpc_service,
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ],
+            &[
+                proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .context("the descriptor sets of the served methods")?;
         let routes = Routes::new(health_service)
             .add_service(reflection().build_v1().context("reflection v1")?)
             .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
@@ -145,6 +161,7 @@ impl ServiceRuntime {
             consumer: settings.consumer,
             service_name: settings.service_name,
             grpc_limits: settings.grpc,
+            known_methods,
             listener,
             health,
             routes,
@@ -230,6 +247,7 @@ impl ServiceRuntime {
             consumer: _,
             service_name,
             grpc_limits,
+            known_methods,
             listener,
             health,
             routes,
@@ -245,9 +263,7 @@ impl ServiceRuntime {
             .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
             .layer(
                 tower::ServiceBuilder::new()
-                    .layer(metrics::GrpcMetricsLayer {
-                        service: service_name,
-                    })
+                    .layer(metrics::GrpcMetricsLayer::new(service_name, known_methods))
                     // Inside the metrics layer, so shed and timed-out calls are counted with
                     // their status.
                     .layer(LimitStatusLayer)
