@@ -2,7 +2,8 @@
 //!
 //! - [`limits`]: too many calls, too long a call, too big a message (item 6).
 //! - [`metrics_labels`]: made-up method paths cannot grow `/metrics` (item 7).
-//! - [`logs`]: request strings cannot forge log lines (item 9).
+//! - [`logs`]: request strings cannot forge log lines; client errors are not logged as server
+//!   errors nor with personal data (items 9 and 10).
 
 mod limits;
 mod logs;

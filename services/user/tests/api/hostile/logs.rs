@@ -184,3 +184,49 @@ async fn request_strings_cannot_forge_a_line_of_the_json_log() {
         assert!(parsed.is_object(), "{line}");
     }
 }
+
+#[tokio::test]
+async fn a_duplicate_email_is_logged_as_a_client_error_without_personal_data() {
+    // Arrange
+    let service = LoggedService::start("json", "info").await;
+    let mut client = service.client.clone();
+    let request = CreateUserRequest {
+        email: "ada.private@example.com".into(),
+        name: "Ada Privatename".into(),
+        ..CreateUserRequest::default()
+    };
+    client
+        .create_user(request.clone())
+        .await
+        .expect("the first call creates the user");
+
+    // Act
+    let duplicate = client
+        .create_user(CreateUserRequest {
+            email: "ADA.PRIVATE@example.com".into(),
+            ..request
+        })
+        .await
+        .expect_err("the address is taken");
+
+    // Assert
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    let log = service.log().await;
+    let lowered = log.to_lowercase();
+    assert!(
+        !lowered.contains("ada.private"),
+        "the e-mail is logged: {log}"
+    );
+    assert!(
+        !lowered.contains("privatename"),
+        "the name is logged: {log}"
+    );
+    for line in log.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let level = event["level"].as_str().unwrap_or_default();
+        assert!(
+            level != "ERROR" && level != "WARN",
+            "a client error logged as a server problem: {line}"
+        );
+    }
+}
