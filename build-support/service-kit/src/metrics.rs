@@ -226,4 +226,33 @@ mod tests {
         assert_eq!(methods.label("/order.v1.OrderService/GetOrder"), "unknown");
         assert_eq!(methods.label("/made.up/Path"), "unknown");
     }
+
+    #[test]
+    fn every_service_and_reflection_have_their_methods_known() {
+        let methods = KnownMethods::of(
+            &[
+                "order.v1.OrderService",
+                "payment.v1.PaymentService",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ],
+            &[
+                proto::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .expect("valid descriptor sets");
+
+        for path in [
+            "/order.v1.OrderService/GetOrder",
+            "/order.v1.OrderService/ListOrders",
+            "/payment.v1.PaymentService/GetPayment",
+            "/payment.v1.PaymentService/ListPayments",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(methods.label(path), path);
+        }
+    }
 }
