@@ -3,6 +3,10 @@
 //! Validation failures become `INVALID_ARGUMENT` with a `google.rpc.BadRequest` naming every bad
 //! field; a lost dependency becomes `UNAVAILABLE`; anything unexpected becomes an opaque
 //! `INTERNAL`, with the cause chain in the logs only.
+//!
+//! Logging follows whose fault it is: a client error is logged at INFO with its code (and the
+//! names of the bad fields), never its message, which may quote what the client sent (an
+//! e-mail, a name); a lost dependency at WARN; an internal error at ERROR.
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -52,6 +56,11 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
             ApiError::InvalidArgument(violations) => {
+                tracing::info!(
+                    code = ?Code::InvalidArgument,
+                    fields = ?violations.iter().map(|v| v.field).collect::<Vec<_>>(),
+                    "client error"
+                );
                 let summary = violations
                     .iter()
                     .map(|v| format!("{}: {}", v.field, v.description))
@@ -69,8 +78,14 @@ impl From<ApiError> for Status {
                     details,
                 )
             }
-            ApiError::AlreadyExists(message) => Status::already_exists(message),
-            ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::AlreadyExists(message) => {
+                tracing::info!(code = ?Code::AlreadyExists, "client error");
+                Status::already_exists(message)
+            }
+            ApiError::NotFound(message) => {
+                tracing::info!(code = ?Code::NotFound, "client error");
+                Status::not_found(message)
+            }
             ApiError::Unavailable(cause) => {
                 tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
                 Status::unavailable("a dependency is unavailable; retry later")

@@ -6,11 +6,13 @@
 //! - [`database`]: create the database if missing, connect, apply migrations.
 //! - [`runtime`]: the bus, the outbox relay, health and the gRPC server, with one shutdown path.
 //! - [`request_context`]: `x-request-id` and `traceparent` of a call, as the context of its events.
+//! - [`grpc_limits`]: what the gRPC server refuses: too many calls, too long, too big.
 //! - [`error`]: the one mapping from API errors to gRPC statuses.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
 pub mod database;
 pub mod error;
+pub mod grpc_limits;
 pub mod healthcheck;
 pub mod metrics;
 pub mod pagination;

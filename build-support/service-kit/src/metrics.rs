@@ -1,6 +1,9 @@
 //! Prometheus metrics: the process-wide recorder, the `/metrics` endpoint on `METRICS_ADDR`, and
 //! the tower layer that counts and times every gRPC call.
 //!
+//! Labels take a bounded set of values, so no client can grow `/metrics`: the `method` of a gRPC
+//! call is its path only when the server serves it ([`KnownMethods`]), `unknown` otherwise.
+//!
 //! Metrics (every duration in seconds):
 //! - `grpc_server_requests_total{service,method,code}`, `grpc_server_request_duration_seconds{service,method}`
 //! - `events_published_total{service,type,outcome}` (outbox relay; `acked` or `failed`)
@@ -10,15 +13,17 @@
 //! - `outbox_pending_rows{service}`, `outbox_oldest_age_seconds{service}`
 
 use std::{
+    collections::HashSet,
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::OnceLock,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -67,10 +72,62 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen for metrics on {addr}"))
 }
 
+/// The label of every method path the server does not serve.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The method paths (`/package.Service/Method`) the server serves.
+#[derive(Debug, Clone, Default)]
+pub struct KnownMethods(Arc<HashSet<String>>);
+
+impl KnownMethods {
+    /// Every method of the services named in `services` (full names, e.g.
+    /// `grpc.health.v1.Health`), as the encoded `FileDescriptorSet`s `descriptor_sets` describe
+    /// them.
+    pub fn of(services: &[&str], descriptor_sets: &[&[u8]]) -> Result<Self, prost::DecodeError> {
+        let mut methods = HashSet::new();
+        for set in descriptor_sets {
+            for file in prost_types::FileDescriptorSet::decode(*set)?.file {
+                for service in &file.service {
+                    let name = match file.package() {
+                        "" => service.name().to_owned(),
+                        package => format!("{package}.{}", service.name()),
+                    };
+                    if services.contains(&name.as_str()) {
+                        methods.extend(
+                            service
+                                .method
+                                .iter()
+                                .map(|method| format!("/{name}/{}", method.name())),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Self(Arc::new(methods)))
+    }
+
+    /// The `method` label of a call to `path`: the path when it is served, else `unknown`.
+    pub fn label(&self, path: &str) -> String {
+        if self.0.contains(path) {
+            path.to_owned()
+        } else {
+            UNKNOWN_METHOD.to_owned()
+        }
+    }
+}
+
 /// Counts and times gRPC calls by method and status code.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
-    pub service: &'static str,
+    service: &'static str,
+    methods: KnownMethods,
+}
+
+impl GrpcMetricsLayer {
+    /// Labels calls with `service` and, when it is one of `methods`, their method.
+    pub fn new(service: &'static str, methods: KnownMethods) -> Self {
+        Self { service, methods }
+    }
 }
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
@@ -80,6 +137,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
         GrpcMetrics {
             inner,
             service: self.service,
+            methods: self.methods.clone(),
         }
     }
 }
@@ -89,6 +147,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     service: &'static str,
+    methods: KnownMethods,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
@@ -105,7 +164,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        let method = self.methods.label(request.uri().path());
         let service = self.service;
         let started = Instant::now();
         let response = self.inner.call(request);
@@ -139,3 +198,61 @@ where
 
 /// How often the outbox gauges are refreshed.
 pub const OUTBOX_STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_keep_their_path_and_every_other_path_is_unknown() {
+        let methods = KnownMethods::of(
+            &["user.v1.UserService", "grpc.health.v1.Health"],
+            &[
+                proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .expect("valid descriptor sets");
+
+        assert_eq!(
+            methods.label("/user.v1.UserService/CreateUser"),
+            "/user.v1.UserService/CreateUser"
+        );
+        assert_eq!(
+            methods.label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(methods.label("/user.v1.UserService/DropTables"), "unknown");
+        assert_eq!(methods.label("/order.v1.OrderService/GetOrder"), "unknown");
+        assert_eq!(methods.label("/made.up/Path"), "unknown");
+    }
+
+    #[test]
+    fn every_service_and_reflection_have_their_methods_known() {
+        let methods = KnownMethods::of(
+            &[
+                "order.v1.OrderService",
+                "payment.v1.PaymentService",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ],
+            &[
+                proto::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .expect("valid descriptor sets");
+
+        for path in [
+            "/order.v1.OrderService/GetOrder",
+            "/order.v1.OrderService/ListOrders",
+            "/payment.v1.PaymentService/GetPayment",
+            "/payment.v1.PaymentService/ListPayments",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(methods.label(path), path);
+        }
+    }
+}

@@ -20,7 +20,12 @@ use tonic::{service::Routes, transport::server::TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower_http::request_id::MakeRequestUuid;
 
-use crate::{database, metrics, settings::Settings};
+use crate::{
+    database,
+    grpc_limits::{GrpcLimits, LimitStatusLayer, MessageSizeLimitLayer},
+    metrics::{self, KnownMethods},
+    settings::Settings,
+};
 
 /// How long in-flight calls and background work get to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,6 +45,8 @@ pub struct ServiceRuntime {
     retry: RetryPolicy,
     consumer: ConsumerTuning,
     service_name: &'static str,
+    grpc_limits: GrpcLimits,
+    known_methods: KnownMethods,
     listener: TcpListener,
     health: HealthReporter,
     routes: Routes,
@@ -123,6 +130,21 @@ impl ServiceRuntime {
                 .with_service_name(grpc_service)
                 .with_service_name("grpc.health.v1.Health")
         };
+        let known_methods = KnownMethods::of(
+            &[
+                grpc_service,
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ],
+            &[
+                proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .context("the descriptor sets of the served methods")?;
         let routes = Routes::new(health_service)
             .add_service(reflection().build_v1().context("reflection v1")?)
             .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
@@ -139,6 +161,8 @@ impl ServiceRuntime {
             retry: settings.retry.clone(),
             consumer: settings.consumer,
             service_name: settings.service_name,
+            grpc_limits: settings.grpc,
+            known_methods,
             listener,
             health,
             routes,
@@ -223,6 +247,8 @@ impl ServiceRuntime {
             retry: _,
             consumer: _,
             service_name,
+            grpc_limits,
+            known_methods,
             listener,
             health,
             routes,
@@ -234,17 +260,33 @@ impl ServiceRuntime {
         let routes = add_services(routes).prepare();
 
         let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(grpc_limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(grpc_limits.keepalive_timeout))
             .layer(
                 tower::ServiceBuilder::new()
-                    .layer(metrics::GrpcMetricsLayer {
-                        service: service_name,
-                    })
+                    .layer(metrics::GrpcMetricsLayer::new(service_name, known_methods))
+                    // Inside the metrics layer, so shed and timed-out calls are counted with
+                    // their status.
+                    .layer(LimitStatusLayer)
+                    // Shedding comes first, so a refused call costs next to nothing.
+                    .layer(tower::load_shed::LoadShedLayer::new())
+                    // One semaphore for all connections: the limit is the server's, not each
+                    // connection's.
+                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                        grpc_limits.concurrency_limit,
+                    ))
+                    .layer(tower::timeout::TimeoutLayer::new(
+                        grpc_limits.request_timeout,
+                    ))
                     .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                         MakeRequestUuid,
                     ))
                     .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
                     // Inside the request-id layer, so the span sees the (generated) id.
-                    .layer(crate::request_context::TraceContextLayer),
+                    .layer(crate::request_context::TraceContextLayer)
+                    .layer(MessageSizeLimitLayer {
+                        max_bytes: grpc_limits.max_message_bytes,
+                    }),
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(

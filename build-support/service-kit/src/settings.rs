@@ -11,6 +11,8 @@ use messaging::{
 };
 use secrecy::SecretString;
 
+use crate::grpc_limits::GrpcLimits;
+
 /// The broker every service uses unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -85,6 +87,22 @@ pub struct CommonArgs {
     /// Most deliveries a worker applies in one transaction (1 turns batching off).
     #[arg(long, env = "CONSUMER_BATCH", default_value_t = ConsumerTuning::default().batch_size)]
     pub consumer_batch: usize,
+    /// gRPC calls in flight at once, across all connections; beyond it a call is refused at
+    /// once with RESOURCE_EXHAUSTED instead of queueing.
+    #[arg(long, env = "GRPC_CONCURRENCY_LIMIT", default_value_t = GrpcLimits::default().concurrency_limit)]
+    pub grpc_concurrency_limit: usize,
+    /// Longest a gRPC call may run; past it the call ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "GRPC_REQUEST_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub grpc_request_timeout: Duration,
+    /// How often the server pings an idle HTTP/2 connection.
+    #[arg(long, env = "GRPC_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long the server waits for a ping's answer before closing the connection.
+    #[arg(long, env = "GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Largest request message, in bytes; a bigger one is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = GrpcLimits::default().max_message_bytes)]
+    pub grpc_max_message_bytes: usize,
     /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
@@ -122,6 +140,7 @@ pub struct Settings {
     pub trusted_producers: TrustedProducers,
     pub retry: RetryPolicy,
     pub consumer: ConsumerTuning,
+    pub grpc: GrpcLimits,
     pub rust_log: String,
     pub log_format: LogFormat,
 }
@@ -150,6 +169,17 @@ impl CommonArgs {
             self.consumer_batch,
             self.consumer_prefetch
         );
+        anyhow::ensure!(
+            self.grpc_concurrency_limit >= 1 && self.grpc_max_message_bytes >= 1,
+            "GRPC_CONCURRENCY_LIMIT and GRPC_MAX_MESSAGE_BYTES must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.grpc_request_timeout.is_zero()
+                && !self.grpc_keepalive_interval.is_zero()
+                && !self.grpc_keepalive_timeout.is_zero(),
+            "GRPC_REQUEST_TIMEOUT, GRPC_KEEPALIVE_INTERVAL and GRPC_KEEPALIVE_TIMEOUT must be \
+             longer than zero"
+        );
         Ok(Settings {
             service_name: defaults.name,
             database_url: self.database_url.unwrap_or_else(|| {
@@ -175,6 +205,13 @@ impl CommonArgs {
                 workers: consumer_workers,
                 prefetch: self.consumer_prefetch,
                 batch_size: self.consumer_batch,
+            },
+            grpc: GrpcLimits {
+                concurrency_limit: self.grpc_concurrency_limit,
+                request_timeout: self.grpc_request_timeout,
+                keepalive_interval: self.grpc_keepalive_interval,
+                keepalive_timeout: self.grpc_keepalive_timeout,
+                max_message_bytes: self.grpc_max_message_bytes,
             },
             rust_log: self.rust_log,
             log_format: self.log_format,
@@ -286,6 +323,51 @@ mod tests {
             .resolve(&DEFAULTS)
             .expect_err("a pool of one");
         assert!(format!("{pool:#}").contains("DATABASE_POOL_SIZE must be at least 2"));
+    }
+
+    #[test]
+    fn grpc_limits_default_as_documented_and_are_configurable() {
+        let defaults = Cli::parse_from(["user-service"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("defaults are valid");
+        assert_eq!(defaults.grpc, GrpcLimits::default());
+        let settings = Cli::parse_from([
+            "user-service",
+            "--grpc-concurrency-limit",
+            "8",
+            "--grpc-request-timeout",
+            "2s",
+            "--grpc-keepalive-interval",
+            "15s",
+            "--grpc-keepalive-timeout",
+            "5s",
+            "--grpc-max-message-bytes",
+            "1024",
+        ])
+        .common
+        .resolve(&DEFAULTS)
+        .expect("valid limits");
+        assert_eq!(
+            settings.grpc,
+            GrpcLimits {
+                concurrency_limit: 8,
+                request_timeout: Duration::from_secs(2),
+                keepalive_interval: Duration::from_secs(15),
+                keepalive_timeout: Duration::from_secs(5),
+                max_message_bytes: 1024,
+            }
+        );
+        let zero = Cli::parse_from(["user-service", "--grpc-concurrency-limit", "0"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("no calls at all");
+        assert!(format!("{zero:#}").contains("GRPC_CONCURRENCY_LIMIT"));
+        let instant = Cli::parse_from(["user-service", "--grpc-keepalive-timeout", "0s"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("a zero timeout");
+        assert!(format!("{instant:#}").contains("GRPC_KEEPALIVE_TIMEOUT"));
     }
 
     #[test]

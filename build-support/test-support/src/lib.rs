@@ -120,6 +120,7 @@ impl Sandbox {
             trusted_producers: Default::default(),
             retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
             consumer: ConsumerTuning::default(),
+            grpc: service_kit::grpc_limits::GrpcLimits::default(),
             database_pool_size: 16,
             rust_log: "info".into(),
             log_format: LogFormat::Text,

@@ -28,7 +28,7 @@ impl OrderApi {
 
 #[tonic::async_trait]
 impl OrderService for OrderApi {
-    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    #[tracing::instrument(skip_all, fields(order_id = ?request.get_ref().order_id))]
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
@@ -44,7 +44,7 @@ impl OrderService for OrderApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(user_id = ?request.get_ref().user_id))]
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,

@@ -29,7 +29,7 @@ impl PaymentApi {
 
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
-    #[tracing::instrument(skip_all, fields(payment_id = %request.get_ref().payment_id))]
+    #[tracing::instrument(skip_all, fields(payment_id = ?request.get_ref().payment_id))]
     async fn get_payment(
         &self,
         request: Request<GetPaymentRequest>,
@@ -47,7 +47,7 @@ impl PaymentService for PaymentApi {
 
     #[tracing::instrument(
         skip_all,
-        fields(user_id = %request.get_ref().user_id, order_id = %request.get_ref().order_id)
+        fields(user_id = ?request.get_ref().user_id, order_id = ?request.get_ref().order_id)
     )]
     async fn list_payments(
         &self,

@@ -43,7 +43,7 @@ impl UserService for UserApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id))]
+    #[tracing::instrument(skip_all, fields(user_id = ?request.get_ref().user_id))]
     async fn get_user(
         &self,
         request: Request<GetUserRequest>,
@@ -58,7 +58,7 @@ impl UserService for UserApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(correlation_id = %request.get_ref().correlation_id))]
+    #[tracing::instrument(skip_all, fields(correlation_id = ?request.get_ref().correlation_id))]
     async fn list_users(
         &self,
         request: Request<ListUsersRequest>,

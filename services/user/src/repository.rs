@@ -45,8 +45,9 @@ impl TryFrom<UserRow> for User {
 
 /// Creates the user and queues its `user_created` event in the same transaction. With a
 /// `request_id` that was seen before, returns the user that request created instead: the insert
-/// trips over the request_id's unique index, so a first call pays no lookup.
-#[tracing::instrument(skip_all, err(Debug))]
+/// trips over the request_id's unique index, so a first call pays no lookup. Errors are logged
+/// where they become a status, by whose fault they are (an e-mail taken is the client's).
+#[tracing::instrument(skip_all)]
 pub async fn create(
     pool: &PgPool,
     new_user: &NewUser,
@@ -77,10 +78,9 @@ pub async fn create(
                 return Ok(user);
             }
             if error.constraint() == Some(EMAIL_KEY) {
-                return Err(ApiError::AlreadyExists(format!(
-                    "a user with email {} already exists",
-                    new_user.email.as_str()
-                )));
+                return Err(ApiError::AlreadyExists(
+                    "a user with this e-mail address already exists".into(),
+                ));
             }
             return Err(sqlx::Error::Database(error).into());
         }
@@ -94,7 +94,7 @@ pub async fn create(
 }
 
 /// The user with this id, if any.
-#[tracing::instrument(skip(executor), err(Debug))]
+#[tracing::instrument(skip(executor))]
 pub async fn find(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option<User>, ApiError> {
     sqlx::query_as::<_, UserRow>(&format!("select {COLUMNS} from users where user_id = $1"))
         .bind(user_id)
