@@ -10,5 +10,6 @@ mod dependencies;
 mod events;
 mod get_user;
 mod helpers;
+mod hostile;
 mod operability;
 mod serving;
