@@ -7,6 +7,7 @@
 //! - [`runtime`]: the bus, the outbox relay, health and the gRPC server, with one shutdown path.
 //! - [`request_context`]: `x-request-id` and `traceparent` of a call, as the context of its events.
 //! - [`error`]: the one mapping from API errors to gRPC statuses.
+//! - [`text_field`]: the check every string field of a request passes before a query sees it.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
 pub mod database;
@@ -21,6 +22,7 @@ pub mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text_field;
 
 pub use error::ApiError;
 pub use runtime::{Application, ServiceRuntime};

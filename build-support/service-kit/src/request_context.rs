@@ -11,7 +11,7 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// The W3C trace-context metadata key.
 pub const TRACEPARENT: &str = "traceparent";
 /// Longest accepted request id; it travels as an AMQP short string.
-const MAX_REQUEST_ID_LEN: usize = 128;
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The event context of a call: its events continue the current span's trace (which
 /// [`TraceContextLayer`] made a child of the caller's), or, without OpenTelemetry, the caller's
