@@ -238,6 +238,8 @@ impl ServiceRuntime {
                     .layer(metrics::GrpcMetricsLayer {
                         service: service_name,
                     })
+                    // Before the request-id layers, so they keep and echo the replacement.
+                    .map_request(crate::request_context::replace_invalid_request_id)
                     .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                         MakeRequestUuid,
                     ))

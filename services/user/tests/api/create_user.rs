@@ -206,17 +206,3 @@ async fn concurrent_retries_of_one_request_id_create_one_user() {
     assert!(users.windows(2).all(|pair| pair[0] == pair[1]), "{users:?}");
     assert_eq!(app.user_rows().await, 1);
 }
-
-#[tokio::test]
-async fn an_overlong_x_request_id_is_rejected() {
-    let app = spawn_app().await;
-
-    let status = app
-        .create_user_with_request_id(request("ada@example.com", "Ada"), &"r".repeat(129))
-        .await
-        .expect_err("rejected");
-
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(violated_fields(&status), ["x-request-id"]);
-    assert_eq!(app.user_rows().await, 0);
-}
