@@ -1,8 +1,8 @@
 //! CreateUser: validation, duplicates and idempotent retries.
 
 use proto::user::v1::{CreateUserRequest, Plan};
+use test_support::hostile::violated_fields;
 use tonic::Code;
-use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::helpers::spawn_app;
@@ -13,17 +13,6 @@ fn request(email: &str, name: &str) -> CreateUserRequest {
         name: name.into(),
         ..CreateUserRequest::default()
     }
-}
-
-/// The fields the status's `google.rpc.BadRequest` names, in order.
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|violation| violation.field)
-        .collect()
 }
 
 #[tokio::test]
