@@ -98,15 +98,6 @@ impl From<ApiError> for Status {
     }
 }
 
-/// Parses a required UUID field of a request.
-pub fn parse_uuid(field: &'static str, raw: &str) -> Result<uuid::Uuid, Violation> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Err(Violation::new(field, "is required"));
-    }
-    uuid::Uuid::parse_str(raw).map_err(|_| Violation::new(field, "must be a UUID"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

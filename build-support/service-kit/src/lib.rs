@@ -8,6 +8,7 @@
 //! - [`request_context`]: `x-request-id` and `traceparent` of a call, as the context of its events.
 //! - [`grpc_limits`]: what the gRPC server refuses: too many calls, too long, too big.
 //! - [`error`]: the one mapping from API errors to gRPC statuses.
+//! - [`text_field`]: the check every string field of a request passes before a query sees it.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
 pub mod database;
@@ -23,6 +24,7 @@ pub mod runtime;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod text_field;
 
 pub use error::ApiError;
 pub use runtime::{Application, ServiceRuntime};

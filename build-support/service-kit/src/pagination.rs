@@ -10,6 +10,9 @@ use crate::error::Violation;
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 /// Larger requests are served this many (AIP-158 says to coerce, not fail).
 pub const MAX_PAGE_SIZE: i64 = 1000;
+/// The earliest time Postgres' `timestamptz` holds (4714-11-24 BC, Julian day 0), in
+/// microseconds since the Unix epoch. Its latest (294276 AD) lies beyond what `chrono` holds.
+const POSTGRES_MIN_MICROS: i64 = -210_866_803_200_000_000;
 
 /// The number of items to return for a requested `page_size`.
 pub fn page_size(requested: i32) -> Result<i64, Violation> {
@@ -71,8 +74,14 @@ impl PageToken {
             return Err(invalid());
         }
         let (micros, id) = raw.split_at(16);
-        let micros = u64::from_str_radix(micros, 16).map_err(|_| invalid())?;
-        let create_time = DateTime::from_timestamp_micros(micros as i64).ok_or_else(invalid)?;
+        let micros = u64::from_str_radix(micros, 16)
+            .map_err(|_| invalid())?
+            .cast_signed();
+        // A time Postgres cannot hold would fail the query: no row was created then.
+        if micros < POSTGRES_MIN_MICROS {
+            return Err(invalid());
+        }
+        let create_time = DateTime::from_timestamp_micros(micros).ok_or_else(invalid)?;
         let id = Uuid::parse_str(id).map_err(|_| invalid())?;
         Ok(Some(Self { create_time, id }))
     }
@@ -116,6 +125,19 @@ mod tests {
         assert!(PageToken::decode("abc").is_err());
         assert!(PageToken::decode(&"z".repeat(48)).is_err());
         assert_eq!(PageToken::decode(""), Ok(None));
+    }
+
+    #[test]
+    fn tokens_before_the_earliest_time_postgres_holds_are_rejected() {
+        let token = |micros: i64| format!("{:016x}{}", micros, Uuid::new_v4().simple());
+        assert!(PageToken::decode(&token(POSTGRES_MIN_MICROS)).is_ok());
+        for micros in [
+            POSTGRES_MIN_MICROS - 1,
+            -8_000_000_000_000_000_000,
+            i64::MIN,
+        ] {
+            assert!(PageToken::decode(&token(micros)).is_err(), "{micros}");
+        }
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! The context a gRPC call gives the events it causes: its `x-request-id` becomes their
 //! `correlation_id` (and the first event's `causation_id`), its `traceparent` their trace.
+//! A client's `x-request-id` that cannot serve as one is replaced before any of that.
 
 use messaging::{EventContext, TraceParent, trace_context};
 use tonic::metadata::MetadataMap;
 
-use crate::error::{ApiError, Violation};
+use crate::error::ApiError;
 
 /// The request-id metadata key; the server sets it when the client did not and echoes it back.
 pub const REQUEST_ID: &str = "x-request-id";
 /// The W3C trace-context metadata key.
 pub const TRACEPARENT: &str = "traceparent";
 /// Longest accepted request id; it travels as an AMQP short string.
-const MAX_REQUEST_ID_LEN: usize = 128;
+pub const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// The event context of a call: its events continue the current span's trace (which
 /// [`TraceContextLayer`] made a child of the caller's), or, without OpenTelemetry, the caller's
@@ -85,28 +86,50 @@ where
     }
 }
 
-/// The call's request id: what the client sent, or what the server generated.
-pub fn request_id(metadata: &MetadataMap) -> Result<String, ApiError> {
-    let invalid = || {
-        ApiError::InvalidArgument(vec![Violation::new(
-            REQUEST_ID,
-            format!("must be 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters"),
-        )])
+/// Whether a client's `x-request-id` can serve as the request id: 1 to
+/// [`MAX_REQUEST_ID_LEN`] visible ASCII characters, fit for an AMQP short string, a log line and
+/// an SQL parameter alike.
+fn is_valid_request_id(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= MAX_REQUEST_ID_LEN && value.iter().all(u8::is_ascii_graphic)
+}
+
+/// Replaces an `x-request-id` that [`is_valid_request_id`] refuses with a generated UUID, as if
+/// the client had sent none, and logs that (with the length, never the value). Runs before the
+/// request-id layers, on every method.
+pub fn replace_invalid_request_id<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let Some(sent) = request.headers().get(REQUEST_ID) else {
+        return request;
     };
-    let value = metadata
-        .get(REQUEST_ID)
-        .ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("the request-id layer is not installed"))
-        })?
-        .to_str()
-        .map_err(|_| invalid())?;
-    let valid = !value.is_empty()
-        && value.len() <= MAX_REQUEST_ID_LEN
-        && value.bytes().all(|b| b.is_ascii_graphic());
-    if valid {
-        Ok(value.to_owned())
+    if is_valid_request_id(sent.as_bytes()) {
+        return request;
+    }
+    let generated = uuid::Uuid::new_v4().to_string();
+    tracing::warn!(
+        method = %request.uri().path(),
+        sent_len = sent.len(),
+        request_id = %generated,
+        "replacing an x-request-id that is not 1 to {MAX_REQUEST_ID_LEN} visible ASCII characters"
+    );
+    match http::HeaderValue::from_str(&generated) {
+        Ok(generated) => request.headers_mut().insert(REQUEST_ID, generated),
+        // A UUID is always a valid header value; were it not, the request-id layer generates one.
+        Err(_) => request.headers_mut().remove(REQUEST_ID),
+    };
+    request
+}
+
+/// The call's request id: what the client sent, or what the server generated in its place.
+pub fn request_id(metadata: &MetadataMap) -> Result<String, ApiError> {
+    let missing = || {
+        ApiError::Internal(anyhow::anyhow!(
+            "no valid x-request-id: the request-id layers are not installed"
+        ))
+    };
+    let value = metadata.get(REQUEST_ID).ok_or_else(missing)?;
+    if is_valid_request_id(value.as_bytes()) {
+        value.to_str().map(str::to_owned).map_err(|_| missing())
     } else {
-        Err(invalid())
+        Err(missing())
     }
 }
 
@@ -140,13 +163,59 @@ mod tests {
         );
     }
 
+    fn with_request_id(value: &[u8]) -> http::Request<()> {
+        let mut request = http::Request::new(());
+        request.headers_mut().insert(
+            REQUEST_ID,
+            http::HeaderValue::from_bytes(value).expect("a header value"),
+        );
+        request
+    }
+
     #[test]
-    fn an_overlong_request_id_is_rejected() {
+    fn a_request_id_that_cannot_serve_is_replaced_by_a_uuid() {
+        let long = "x".repeat(MAX_REQUEST_ID_LEN + 1);
+        for sent in [
+            long.as_bytes(),
+            b"",
+            b"a b",
+            b"tab\t",
+            "caf\u{e9}".as_bytes(),
+        ] {
+            let request = replace_invalid_request_id(with_request_id(sent));
+
+            let kept = request.headers().get(REQUEST_ID).expect("a request id");
+            assert_ne!(kept.as_bytes(), sent);
+            let kept = kept.to_str().expect("ASCII");
+            assert!(uuid::Uuid::parse_str(kept).is_ok(), "{kept}");
+        }
+    }
+
+    #[test]
+    fn a_valid_request_id_is_kept_and_a_missing_one_left_to_the_generator() {
+        let longest = "x".repeat(MAX_REQUEST_ID_LEN);
+        for sent in [longest.as_bytes(), b"req-42", b"~!"] {
+            let request = replace_invalid_request_id(with_request_id(sent));
+            assert_eq!(
+                request.headers().get(REQUEST_ID).map(|v| v.as_bytes()),
+                Some(sent)
+            );
+        }
+        let request = replace_invalid_request_id(http::Request::new(()));
+        assert!(request.headers().get(REQUEST_ID).is_none());
+    }
+
+    #[test]
+    fn without_the_request_id_layers_a_call_fails_as_internal() {
         let mut metadata = MetadataMap::new();
+        assert!(matches!(
+            event_context(&metadata),
+            Err(ApiError::Internal(_))
+        ));
         metadata.insert(REQUEST_ID, "x".repeat(129).parse().expect("ascii"));
         assert!(matches!(
             event_context(&metadata),
-            Err(ApiError::InvalidArgument(_))
+            Err(ApiError::Internal(_))
         ));
     }
 }

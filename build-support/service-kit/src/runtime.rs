@@ -278,6 +278,8 @@ impl ServiceRuntime {
                     .layer(tower::timeout::TimeoutLayer::new(
                         grpc_limits.request_timeout,
                     ))
+                    // Before the request-id layers, so they keep and echo the replacement.
+                    .map_request(crate::request_context::replace_invalid_request_id)
                     .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
                         MakeRequestUuid,
                     ))

@@ -2,9 +2,10 @@
 //! databases and a random `BUS_NAMESPACE` on the shared Postgres and RabbitMQ, removed on drop),
 //! a service [`Running`] in the test, event capture and publishing on the broker, polling with a
 //! deadline, and a TCP proxy that makes the broker reachable, cut or stalled on demand without
-//! touching the shared one.
+//! touching the shared one; and [`hostile`] input with the assertions that go with it.
 
 mod broker;
+pub mod hostile;
 mod private_servers;
 mod proxy;
 mod running;

@@ -6,8 +6,8 @@ use proto::order::v1::{
 };
 use service_kit::{
     ApiError,
-    error::parse_uuid,
     pagination::{self, PageToken},
+    text_field,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -33,7 +33,7 @@ impl OrderService for OrderApi {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<GetOrderResponse>, Status> {
-        let order_id = parse_uuid("order_id", &request.get_ref().order_id)
+        let order_id = text_field::uuid("order_id", &request.get_ref().order_id)
             .map_err(|v| ApiError::InvalidArgument(vec![v]))?;
         let order = repository::find(&self.pool, order_id)
             .await
@@ -51,7 +51,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let request = request.get_ref();
         let mut violations = Vec::new();
-        let user_id = parse_uuid("user_id", &request.user_id)
+        let user_id = text_field::uuid("user_id", &request.user_id)
             .map_err(|violation| violations.push(violation))
             .ok();
         let page = pagination::page(request.page_size, &request.page_token, &mut violations);

@@ -6,12 +6,12 @@ use proto::payment::v1::{
 };
 use service_kit::{
     ApiError,
-    error::{Violation, parse_uuid},
+    error::Violation,
     pagination::{self, PageToken},
+    text_field,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
-use uuid::Uuid;
 
 use crate::repository::{self, PaymentFilter};
 
@@ -34,7 +34,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<GetPaymentRequest>,
     ) -> Result<Response<GetPaymentResponse>, Status> {
-        let payment_id = parse_uuid("payment_id", &request.get_ref().payment_id)
+        let payment_id = text_field::uuid("payment_id", &request.get_ref().payment_id)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         let payment = repository::find(&self.pool, payment_id)
             .await
@@ -55,8 +55,14 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<ListPaymentsResponse>, Status> {
         let request = request.get_ref();
         let mut violations = Vec::new();
-        let user_id = optional_uuid("user_id", &request.user_id, &mut violations);
-        let order_id = optional_uuid("order_id", &request.order_id, &mut violations);
+        let mut optional_uuid = |field, raw| {
+            text_field::optional_uuid(field, raw)
+                .map_err(|violation| violations.push(violation))
+                .ok()
+                .flatten()
+        };
+        let user_id = optional_uuid("user_id", &request.user_id);
+        let order_id = optional_uuid("order_id", &request.order_id);
         if violations.is_empty() && user_id.is_none() && order_id.is_none() {
             violations.push(Violation::new("user_id", "user_id or order_id is required"));
             violations.push(Violation::new(
@@ -83,14 +89,4 @@ impl PaymentService for PaymentApi {
             next_page_token,
         }))
     }
-}
-
-/// An optional UUID filter: empty means absent, anything else must parse.
-fn optional_uuid(field: &'static str, raw: &str, violations: &mut Vec<Violation>) -> Option<Uuid> {
-    if raw.trim().is_empty() {
-        return None;
-    }
-    parse_uuid(field, raw)
-        .map_err(|violation| violations.push(violation))
-        .ok()
 }

@@ -6,9 +6,9 @@ use proto::user::v1::{
 };
 use service_kit::{
     ApiError,
-    error::{Violation, parse_uuid},
+    error::Violation,
     pagination::{self, PageToken},
-    request_context,
+    request_context, text_field,
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
@@ -48,7 +48,7 @@ impl UserService for UserApi {
         &self,
         request: Request<GetUserRequest>,
     ) -> Result<Response<GetUserResponse>, Status> {
-        let user_id = parse_uuid("user_id", &request.get_ref().user_id)
+        let user_id = text_field::uuid("user_id", &request.get_ref().user_id)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         let user = repository::find(&self.pool, user_id)
             .await?
@@ -65,12 +65,20 @@ impl UserService for UserApi {
     ) -> Result<Response<ListUsersResponse>, Status> {
         let request = request.get_ref();
         let mut violations = Vec::new();
-        let correlation_id = request.correlation_id.trim();
-        if correlation_id.is_empty() {
-            violations.push(Violation::new("correlation_id", "is required"));
-        }
+        // Correlation ids are request ids: no longer than those.
+        let correlation_id = text_field::trimmed(
+            "correlation_id",
+            &request.correlation_id,
+            request_context::MAX_REQUEST_ID_LEN,
+        )
+        .and_then(|id| match id {
+            "" => Err(Violation::new("correlation_id", "is required")),
+            id => Ok(id),
+        })
+        .map_err(|violation| violations.push(violation))
+        .ok();
         let page = pagination::page(request.page_size, &request.page_token, &mut violations);
-        let Some(page) = page.filter(|_| violations.is_empty()) else {
+        let (Some(correlation_id), Some(page)) = (correlation_id, page) else {
             return Err(ApiError::InvalidArgument(violations).into());
         };
         let rows = repository::list_by_correlation_id(

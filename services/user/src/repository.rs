@@ -1,7 +1,7 @@
 //! The `users` table. A user and its `user_created` event are written in one transaction.
 
 use messaging::{Envelope, EventContext, outbox};
-use service_kit::{ApiError, pagination::PageToken};
+use service_kit::{ApiError, error::Violation, pagination::PageToken};
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
@@ -44,8 +44,9 @@ impl TryFrom<UserRow> for User {
 }
 
 /// Creates the user and queues its `user_created` event in the same transaction. With a
-/// `request_id` that was seen before, returns the user that request created instead: the insert
-/// trips over the request_id's unique index, so a first call pays no lookup. Errors are logged
+/// `request_id` that was seen before, returns the user that request created instead, or refuses
+/// the call when that request asked for something else: the insert trips over the request_id's
+/// unique index, so a first call pays no lookup. Errors are logged
 /// where they become a status, by whose fault they are (an e-mail taken is the client's).
 #[tracing::instrument(skip_all)]
 pub async fn create(
@@ -55,8 +56,9 @@ pub async fn create(
 ) -> Result<User, ApiError> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query_as::<_, UserRow>(&format!(
-        "insert into users (user_id, email, name, plan, request_id, correlation_id) \
-         values ($1, $2, $3, $4, $5, $6) \
+        "insert into users \
+           (user_id, email, name, plan, request_id, correlation_id, request_fingerprint) \
+         values ($1, $2, $3, $4, $5, $6, create_user_request_fingerprint($2, $3, $4)) \
          returning {COLUMNS}"
     ))
     .bind(Uuid::new_v4())
@@ -74,8 +76,16 @@ pub async fn create(
             drop(tx);
             // A concurrent call with the same request_id may have won the race; its user is
             // the answer, whichever unique index fired first.
-            if let Some(user) = replayed(pool, new_user).await? {
-                return Ok(user);
+            match replayed(pool, new_user).await? {
+                Some(Replay::SameRequest(user)) => return Ok(user),
+                Some(Replay::OtherRequest) => {
+                    return Err(ApiError::InvalidArgument(vec![Violation::new(
+                        "request_id",
+                        "was already used for a different request; \
+                         send a new request_id with a new request",
+                    )]));
+                }
+                None => {}
             }
             if error.constraint() == Some(EMAIL_KEY) {
                 return Err(ApiError::AlreadyExists(
@@ -104,19 +114,44 @@ pub async fn find(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option
         .transpose()
 }
 
-/// The user an earlier call with the same `request_id` created, if any.
-async fn replayed(pool: &PgPool, new_user: &NewUser) -> Result<Option<User>, ApiError> {
+/// What an earlier call with the same `request_id` left behind.
+enum Replay {
+    /// It asked for the same: its user is the answer.
+    SameRequest(User),
+    /// It asked for something else; its user is none of this caller's business.
+    OtherRequest,
+}
+
+#[derive(sqlx::FromRow)]
+struct ReplayRow {
+    #[sqlx(flatten)]
+    user: UserRow,
+    same_request: bool,
+}
+
+/// What an earlier call with the same `request_id` created, if any, and whether it asked for
+/// the same as `new_user`.
+async fn replayed(pool: &PgPool, new_user: &NewUser) -> Result<Option<Replay>, ApiError> {
     let Some(request_id) = new_user.request_id else {
         return Ok(None);
     };
-    sqlx::query_as::<_, UserRow>(&format!(
-        "select {COLUMNS} from users where request_id = $1"
+    let row = sqlx::query_as::<_, ReplayRow>(&format!(
+        "select {COLUMNS}, \
+           coalesce(request_fingerprint, create_user_request_fingerprint(email, name, plan)) \
+             = create_user_request_fingerprint($2, $3, $4) as same_request \
+         from users where request_id = $1"
     ))
     .bind(request_id)
+    .bind(new_user.email.as_str())
+    .bind(new_user.name.as_str())
+    .bind(new_user.plan.as_str())
     .fetch_optional(pool)
-    .await?
-    .map(User::try_from)
-    .transpose()
+    .await?;
+    match row {
+        None => Ok(None),
+        Some(row) if row.same_request => Ok(Some(Replay::SameRequest(row.user.try_into()?))),
+        Some(_) => Ok(Some(Replay::OtherRequest)),
+    }
 }
 
 /// Up to `limit` users whose CreateUser call had `correlation_id`, after `after`, oldest first.

@@ -8,4 +8,5 @@
 mod api;
 mod consuming;
 mod helpers;
+mod hostile;
 mod process;

@@ -1,20 +1,10 @@
 //! GetPayment and ListPayments.
 
 use proto::payment::v1::{GetPaymentRequest, ListPaymentsRequest};
+use test_support::hostile::violated_fields;
 use tonic::Code;
-use tonic_types::StatusExt;
 
 use crate::helpers::{order_created_for, spawn_app};
-
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .expect("BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect()
-}
 
 #[tokio::test]
 async fn list_payments_by_user_pages_through_every_payment_oldest_first() {

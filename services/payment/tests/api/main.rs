@@ -10,3 +10,4 @@ mod charging;
 mod consuming;
 mod failures;
 mod helpers;
+mod hostile;

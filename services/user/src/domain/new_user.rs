@@ -1,7 +1,7 @@
 //! A CreateUser request, validated.
 
 use proto::user::v1::CreateUserRequest;
-use service_kit::error::Violation;
+use service_kit::{error::Violation, text_field};
 use uuid::Uuid;
 
 use super::{Email, Plan, UserName};
@@ -23,11 +23,9 @@ impl NewUser {
         let email = check(&mut violations, "email", Email::parse(&request.email));
         let name = check(&mut violations, "name", UserName::parse(&request.name));
         let plan = check(&mut violations, "plan", Plan::from_proto(request.plan));
-        let request_id = check(
-            &mut violations,
-            "request_id",
-            parse_request_id(&request.request_id),
-        );
+        let request_id = text_field::optional_uuid("request_id", &request.request_id)
+            .map_err(|violation| violations.push(violation))
+            .ok();
         match (email, name, plan, request_id) {
             (Some(email), Some(name), Some(plan), Some(request_id)) => Ok(Self {
                 email,
@@ -49,16 +47,6 @@ fn check<T>(
     outcome
         .map_err(|description| violations.push(Violation::new(field, description)))
         .ok()
-}
-
-fn parse_request_id(raw: &str) -> Result<Option<Uuid>, String> {
-    let raw = raw.trim();
-    if raw.is_empty() {
-        return Ok(None);
-    }
-    Uuid::parse_str(raw)
-        .map(Some)
-        .map_err(|_| "must be a UUID, like 1b4e28ba-2fa1-11d2-883f-0016d3cca427".into())
 }
 
 #[cfg(test)]

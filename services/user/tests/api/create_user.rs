@@ -1,8 +1,8 @@
 //! CreateUser: validation, duplicates and idempotent retries.
 
 use proto::user::v1::{CreateUserRequest, Plan};
+use test_support::hostile::violated_fields;
 use tonic::Code;
-use tonic_types::StatusExt;
 use uuid::Uuid;
 
 use crate::helpers::spawn_app;
@@ -13,17 +13,6 @@ fn request(email: &str, name: &str) -> CreateUserRequest {
         name: name.into(),
         ..CreateUserRequest::default()
     }
-}
-
-/// The fields the status's `google.rpc.BadRequest` names, in order.
-fn violated_fields(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .expect("INVALID_ARGUMENT carries a BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|violation| violation.field)
-        .collect()
 }
 
 #[tokio::test]
@@ -205,18 +194,4 @@ async fn concurrent_retries_of_one_request_id_create_one_user() {
         .collect();
     assert!(users.windows(2).all(|pair| pair[0] == pair[1]), "{users:?}");
     assert_eq!(app.user_rows().await, 1);
-}
-
-#[tokio::test]
-async fn an_overlong_x_request_id_is_rejected() {
-    let app = spawn_app().await;
-
-    let status = app
-        .create_user_with_request_id(request("ada@example.com", "Ada"), &"r".repeat(129))
-        .await
-        .expect_err("rejected");
-
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(violated_fields(&status), ["x-request-id"]);
-    assert_eq!(app.user_rows().await, 0);
 }
