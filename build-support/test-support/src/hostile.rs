@@ -35,6 +35,16 @@ pub const WITH_CONTROL_CHARACTERS: [&str; 6] = [
     "next\u{85}line",
 ];
 
+/// Strings no id or text field takes: [`WITH_CONTROL_CHARACTERS`], and one far longer than any
+/// id (yet well under the request size limit, so the field is refused, not the message).
+pub fn bad_strings() -> Vec<String> {
+    WITH_CONTROL_CHARACTERS
+        .into_iter()
+        .map(str::to_owned)
+        .chain(["7".repeat(10_000)])
+        .collect()
+}
+
 /// `x-request-id` values the server must replace with one of its own: too long, not ASCII,
 /// with a control character, with a space.
 pub fn request_ids_to_replace() -> Vec<AsciiMetadataValue> {
