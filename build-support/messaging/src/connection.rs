@@ -20,6 +20,7 @@ use std::{
 };
 
 use lapin::{Channel, Connection, ConnectionProperties, options::BasicQosOptions, uri::AMQPUri};
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -43,8 +44,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// What the supervisor needs to connect.
 #[derive(Debug, Clone)]
 pub struct BusSettings {
-    /// `amqp://user:password@host:port/vhost`. Never logged.
-    pub url: String,
+    /// `amqp://user:password@host:port/vhost`: a secret (its `Debug` prints no password).
+    pub url: SecretString,
     pub topology: Topology,
     /// The producing service's name: AMQP `app_id` and the connection's name.
     pub app_id: String,
@@ -81,7 +82,7 @@ impl Bus {
         let (responsive_sender, responsive) = watch::channel(true);
         let topology = settings.topology.clone();
         let app_id = settings.app_id.clone();
-        let user = broker_user(&settings.url);
+        let user = broker_user(settings.url.expose_secret());
         let trusted_producers = settings.trusted_producers.clone();
         tracker.spawn(supervise(settings, sender, responsive_sender, stop));
         Self {
@@ -218,6 +219,7 @@ fn heartbeat_seconds(heartbeat: Duration) -> u16 {
 fn heartbeat_of(settings: &BusSettings) -> Duration {
     let from_url = settings
         .url
+        .expose_secret()
         .parse::<AMQPUri>()
         .ok()
         .and_then(|uri| uri.query.heartbeat)
@@ -229,7 +231,11 @@ fn heartbeat_of(settings: &BusSettings) -> Duration {
 
 /// Connects, declares the topology, opens the publisher and the probe's channel.
 async fn connect(settings: &BusSettings) -> Result<(Connected, Channel), ConnectError> {
-    let mut uri: AMQPUri = settings.url.parse().map_err(ConnectError::Url)?;
+    let mut uri: AMQPUri = settings
+        .url
+        .expose_secret()
+        .parse()
+        .map_err(ConnectError::Url)?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(heartbeat_seconds(settings.heartbeat));
     }

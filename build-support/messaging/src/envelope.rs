@@ -1,17 +1,22 @@
-//! The event envelope: a protobuf payload plus the metadata SPEC §4 puts on every message.
+//! The event envelope: a protobuf payload plus the metadata every message carries.
 //!
 //! This is the one place that maps that metadata to AMQP properties and headers, so the
-//! publisher, the outbox and (later) the consumer all agree on it.
+//! publisher, the outbox and the consumer all agree on it: events go out as an [`Envelope`] and
+//! come in through [`decode`] as an [`Incoming`].
 
 use chrono::{DateTime, Utc};
 use lapin::{
     BasicProperties,
+    message::Delivery,
     types::{AMQPValue, FieldTable, LongString},
 };
 use proto::Event;
 use uuid::Uuid;
 
-use crate::trace_context::TraceParent;
+use crate::{
+    headers::text_header,
+    trace_context::{self, TraceParent},
+};
 
 /// The AMQP `content_type` of every event.
 pub const CONTENT_TYPE: &str = "application/protobuf";
@@ -66,7 +71,7 @@ impl Envelope {
         }
     }
 
-    /// The AMQP properties and headers of SPEC §4; `app_id` names the producing service.
+    /// The AMQP properties and headers of every event; `app_id` names the producing service.
     pub fn properties(&self, app_id: &str) -> BasicProperties {
         let mut headers = FieldTable::default();
         headers.insert(
@@ -89,6 +94,95 @@ impl Envelope {
     }
 }
 
+/// Largest payload a consumer accepts; anything bigger is dead-lettered undecoded.
+pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+
+/// A decoded event and the metadata it travelled with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming<E> {
+    pub event: E,
+    /// The event id: the inbox key.
+    pub message_id: Uuid,
+    pub correlation_id: String,
+    /// What caused this event, if the producer said.
+    pub causation_id: Option<String>,
+    /// The producer's trace context (a new trace when it sent none): this hop's parent.
+    pub traceparent: TraceParent,
+    /// Whether the broker delivered it before.
+    pub redelivered: bool,
+}
+
+impl<E> Incoming<E> {
+    /// The context of the events this one causes: the same flow, caused by this message, in the
+    /// current span's trace (a child of the producer's without OpenTelemetry).
+    pub fn caused_context(&self) -> EventContext {
+        EventContext {
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.message_id.to_string(),
+            traceparent: trace_context::current().unwrap_or_else(|| self.traceparent.child()),
+        }
+    }
+}
+
+/// Why a delivery could not be decoded; it is dead-lettered.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("no message_id property")]
+    MissingMessageId,
+    #[error("message_id {0:?} is not a UUID")]
+    InvalidMessageId(String),
+    #[error("type {found:?} is not the expected {expected}")]
+    UnexpectedType {
+        expected: &'static str,
+        found: String,
+    },
+    #[error("payload of {0} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("payload does not decode: {0}")]
+    Undecodable(String),
+}
+
+/// Decodes a delivery as `E`, checking the metadata every event carries.
+pub fn decode<E: Event>(delivery: &Delivery) -> Result<Incoming<E>, DecodeError> {
+    let properties = &delivery.properties;
+    let raw_id = properties
+        .message_id()
+        .as_ref()
+        .ok_or(DecodeError::MissingMessageId)?
+        .as_str();
+    let message_id =
+        Uuid::parse_str(raw_id).map_err(|_| DecodeError::InvalidMessageId(raw_id.to_owned()))?;
+    let kind = properties.kind().as_ref().map(|k| k.as_str()).unwrap_or("");
+    if kind != E::TYPE_NAME {
+        return Err(DecodeError::UnexpectedType {
+            expected: E::TYPE_NAME,
+            found: kind.to_owned(),
+        });
+    }
+    if delivery.data.len() > MAX_PAYLOAD_BYTES {
+        return Err(DecodeError::TooLarge(delivery.data.len()));
+    }
+    let event = E::decode(delivery.data.as_slice())
+        .map_err(|error| DecodeError::Undecodable(error.to_string()))?;
+
+    let header = |name: &str| text_header(properties, name);
+    Ok(Incoming {
+        event,
+        message_id,
+        correlation_id: properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| message_id.to_string()),
+        causation_id: header(CAUSATION_ID_HEADER),
+        traceparent: header(TRACEPARENT_HEADER)
+            .as_deref()
+            .and_then(TraceParent::parse)
+            .unwrap_or_else(TraceParent::new_root),
+        redelivered: delivery.redelivered,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +190,99 @@ mod tests {
 
     fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
         properties.headers().as_ref()?.inner().get(name)
+    }
+
+    fn delivery(payload: Vec<u8>, properties: BasicProperties) -> Delivery {
+        let mut delivery = Delivery::mock(1, "events".into(), "user_created".into(), true, payload);
+        delivery.properties = properties;
+        delivery
+    }
+
+    fn user_created() -> (UserCreated, Envelope) {
+        let event = UserCreated {
+            user_id: Uuid::new_v4().to_string(),
+            email: "ada@example.com".into(),
+            ..UserCreated::default()
+        };
+        let context = EventContext {
+            correlation_id: "req-1".into(),
+            causation_id: "cause-1".into(),
+            traceparent: TraceParent::new_root(),
+        };
+        let envelope = Envelope::new(&event, &context);
+        (event, envelope)
+    }
+
+    #[test]
+    fn an_envelope_sent_decodes_to_the_same_event_and_context() {
+        let (event, envelope) = user_created();
+        let sent = delivery(
+            envelope.payload.clone(),
+            envelope.properties("user-service"),
+        );
+
+        let incoming = decode::<UserCreated>(&sent).expect("it decodes");
+
+        assert_eq!(incoming.event, event);
+        assert_eq!(incoming.message_id, envelope.message_id);
+        assert_eq!(incoming.correlation_id, "req-1");
+        assert_eq!(incoming.causation_id.as_deref(), Some("cause-1"));
+        assert_eq!(incoming.traceparent.to_string(), envelope.traceparent);
+        assert!(incoming.redelivered);
+    }
+
+    #[test]
+    fn what_lacks_the_contract_does_not_decode() {
+        let (_, envelope) = user_created();
+        let good = envelope.properties("user-service");
+        let cases = [
+            (
+                delivery(envelope.payload.clone(), BasicProperties::default()),
+                DecodeError::MissingMessageId,
+            ),
+            (
+                delivery(
+                    envelope.payload.clone(),
+                    good.clone().with_message_id("nope".into()),
+                ),
+                DecodeError::InvalidMessageId("nope".into()),
+            ),
+            (
+                delivery(
+                    envelope.payload.clone(),
+                    good.clone().with_type("acme.v1.Other".into()),
+                ),
+                DecodeError::UnexpectedType {
+                    expected: "user.v1.UserCreated",
+                    found: "acme.v1.Other".into(),
+                },
+            ),
+            (
+                delivery(vec![0; MAX_PAYLOAD_BYTES + 1], good.clone()),
+                DecodeError::TooLarge(MAX_PAYLOAD_BYTES + 1),
+            ),
+        ];
+        for (sent, expected) in cases {
+            assert_eq!(decode::<UserCreated>(&sent).expect_err("refused"), expected);
+        }
+        let garbage = delivery(vec![0xff, 0xff], good);
+        assert!(matches!(
+            decode::<UserCreated>(&garbage),
+            Err(DecodeError::Undecodable(_))
+        ));
+    }
+
+    #[test]
+    fn without_correlation_or_trace_a_message_starts_its_own() {
+        let (_, envelope) = user_created();
+        let bare = BasicProperties::default()
+            .with_message_id(envelope.message_id.to_string().into())
+            .with_type("user.v1.UserCreated".into());
+
+        let incoming = decode::<UserCreated>(&delivery(envelope.payload, bare)).expect("decodes");
+
+        assert_eq!(incoming.correlation_id, envelope.message_id.to_string());
+        assert_eq!(incoming.causation_id, None);
     }
 
     #[test]

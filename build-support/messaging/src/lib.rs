@@ -1,8 +1,9 @@
 //! The messaging library every service is built on.
 //!
-//! - [`topology`]: exchange, queue and dead-letter names of SPEC §4 (with the `BUS_NAMESPACE`
+//! - [`topology`]: exchange, queue and dead-letter names (with the `BUS_NAMESPACE`
 //!   prefix) and their declaration.
 //! - [`envelope`]: an event with every AMQP property and header, set in one place.
+//! - [`headers`]: reading a delivery's headers as text and integers.
 //! - [`publisher`]: publishing with confirms and `mandatory`; a returned message is a failure.
 //! - [`connection`]: the supervised connection to RabbitMQ that the rest borrows from.
 //! - [`limits`]: the bounds that keep a hostile message's headers harmless.
@@ -15,6 +16,7 @@ pub mod connection;
 pub mod consumer;
 pub mod db_errors;
 pub mod envelope;
+pub mod headers;
 pub mod inbox;
 pub mod limits;
 pub mod outbox;
@@ -34,7 +36,7 @@ pub use topology::{Namespace, Topology};
 pub use trace_context::TraceParent;
 pub use trust::TrustedProducers;
 
-/// The messaging tables (outbox, and later the inbox), applied into each service's own database
+/// The messaging tables (outbox and inbox), applied into each service's own database
 /// before the service's migrations. Versions are small integers so they never collide with the
 /// services' timestamped versions.
 pub fn migrator() -> sqlx::migrate::Migrator {

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::trust::ORIGINAL_USER_ID_HEADER;
+pub use crate::headers::{integer_header, text_header};
+use crate::{headers::header, trust::ORIGINAL_USER_ID_HEADER};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -79,7 +80,7 @@ pub struct RetryPolicy {
     delays: Vec<Duration>,
 }
 
-/// The delays of SPEC §4's example: 1 s, 5 s, 30 s, 2 min.
+/// The default delays: 1 s, 5 s, 30 s, 2 min.
 pub const DEFAULT_RETRY_DELAYS: &str = "1s,5s,30s,2m";
 
 impl RetryPolicy {
@@ -195,45 +196,9 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
 
 /// The attempts a delivery has had so far, from its header: 0 without one, saturated to `u32`.
 pub fn attempts(delivery: &Delivery) -> u32 {
-    header(&delivery.properties, ATTEMPTS_HEADER)
-        .and_then(integer)
+    integer_header(&delivery.properties, ATTEMPTS_HEADER)
         .map(|n| u32::try_from(n.max(0)).unwrap_or(u32::MAX))
         .unwrap_or(0)
-}
-
-fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
-    properties.headers().as_ref()?.inner().get(name)
-}
-
-fn integer(value: &AMQPValue) -> Option<i64> {
-    match value {
-        AMQPValue::ShortShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortShortUInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
-        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
-        AMQPValue::LongLongInt(n) => Some(*n),
-        _ => None,
-    }
-}
-
-fn text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.to_string()),
-        _ => None,
-    }
-}
-
-/// A text header of `properties`, if present.
-pub fn text_header(properties: &BasicProperties, name: &str) -> Option<String> {
-    header(properties, name).and_then(text)
-}
-
-/// An integer header of `properties`, if present.
-pub fn integer_header(properties: &BasicProperties, name: &str) -> Option<i64> {
-    header(properties, name).and_then(integer)
 }
 
 /// What a failure adds to a message's properties before it is re-published to a retry queue

@@ -1,10 +1,12 @@
-//! Names and declaration of the broker topology of SPEC §4.
+//! Names and declaration of the broker topology (README, Events on RabbitMQ).
 //!
 //! One topic exchange carries every event, routed by event name. Each consumer queue dead-letters
 //! through a direct exchange into its own `<queue>.dlq`. Every name is prefixed with the
 //! `BUS_NAMESPACE`, so tests and several stacks can share one broker without seeing each other.
 //! Every service declares the whole topology (declaring is idempotent), so an event published
 //! before its consumer ever ran still waits in that consumer's durable queue.
+
+use std::marker::PhantomData;
 
 use lapin::{
     Channel, Connection, Consumer, ExchangeKind,
@@ -15,6 +17,9 @@ use lapin::{
     protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString},
 };
+use proto::{Event, order::v1::OrderCreated, payment::v1::PaymentProcessed, user::v1::UserCreated};
+
+use crate::retry::RetryPolicy;
 
 /// The exchange every event is published to.
 pub const EXCHANGE: &str = "events_exchange";
@@ -23,36 +28,85 @@ pub const DEAD_LETTER_EXCHANGE: &str = "events_exchange.dlx";
 /// Suffix of a consumer queue's dead-letter queue.
 pub const DLQ_SUFFIX: &str = ".dlq";
 
-/// A durable consumer queue and the event it receives.
+/// A durable consumer queue, untyped: what is declared, listed and deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subscription {
+    /// The consuming service (e.g. `order_service`): the queue's prefix and its inbox key.
+    pub consumer: &'static str,
     /// Queue name without the namespace, `<consumer>.<event>`.
     pub queue: &'static str,
     /// The event name (routing key) bound to it.
     pub routing_key: &'static str,
 }
 
+/// A consumer queue typed by the event it receives: what a consumer is given, so a handler of
+/// one event cannot be paired with another event's queue (it does not compile; see
+/// `EventConsumer::new`). It derefs to its [`Subscription`].
+#[derive(Debug)]
+pub struct Consumes<E> {
+    subscription: Subscription,
+    event: PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for Consumes<E> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<E> Copy for Consumes<E> {}
+
+impl<E: Event> Consumes<E> {
+    /// `consumer`'s queue of `E`, named `queue` (`<consumer>.<routing key>`; a test checks).
+    const fn new(consumer: &'static str, queue: &'static str) -> Self {
+        Self {
+            subscription: Subscription {
+                consumer,
+                queue,
+                routing_key: E::ROUTING_KEY,
+            },
+            event: PhantomData,
+        }
+    }
+}
+
+impl<E> Consumes<E> {
+    /// The queue, untyped.
+    pub const fn subscription(&self) -> Subscription {
+        self.subscription
+    }
+}
+
+impl<E> std::ops::Deref for Consumes<E> {
+    type Target = Subscription;
+
+    fn deref(&self) -> &Subscription {
+        &self.subscription
+    }
+}
+
 /// The order service's queue of `user_created`.
-pub const ORDER_SERVICE_USER_CREATED: Subscription = Subscription {
-    queue: "order_service.user_created",
-    routing_key: "user_created",
-};
+pub const ORDER_SERVICE_USER_CREATED: Consumes<UserCreated> =
+    Consumes::new("order_service", "order_service.user_created");
 /// The payment service's queue of `order_created`.
-pub const PAYMENT_SERVICE_ORDER_CREATED: Subscription = Subscription {
-    queue: "payment_service.order_created",
-    routing_key: "order_created",
-};
+pub const PAYMENT_SERVICE_ORDER_CREATED: Consumes<OrderCreated> =
+    Consumes::new("payment_service", "payment_service.order_created");
 /// The order service's queue of `payment_processed`.
-pub const ORDER_SERVICE_PAYMENT_PROCESSED: Subscription = Subscription {
-    queue: "order_service.payment_processed",
-    routing_key: "payment_processed",
-};
+pub const ORDER_SERVICE_PAYMENT_PROCESSED: Consumes<PaymentProcessed> =
+    Consumes::new("order_service", "order_service.payment_processed");
 
 /// Every consumer queue of the system.
 pub const SUBSCRIPTIONS: &[Subscription] = &[
-    ORDER_SERVICE_USER_CREATED,
-    PAYMENT_SERVICE_ORDER_CREATED,
-    ORDER_SERVICE_PAYMENT_PROCESSED,
+    ORDER_SERVICE_USER_CREATED.subscription(),
+    PAYMENT_SERVICE_ORDER_CREATED.subscription(),
+    ORDER_SERVICE_PAYMENT_PROCESSED.subscription(),
+];
+
+/// The events of the system, by routing key, with the service that produces each.
+pub const EVENTS: &[(&str, &str)] = &[
+    (UserCreated::ROUTING_KEY, UserCreated::PRODUCER),
+    (OrderCreated::ROUTING_KEY, OrderCreated::PRODUCER),
+    (PaymentProcessed::ROUTING_KEY, PaymentProcessed::PRODUCER),
 ];
 
 /// An invalid `BUS_NAMESPACE`.
@@ -97,16 +151,41 @@ impl Namespace {
     }
 }
 
-/// The topology of one namespace.
+/// The topology of one namespace: its exchanges, and for every consumer queue its dead-letter
+/// queue and its retry queues (one per delay of the retry policy).
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     namespace: Namespace,
+    retry: RetryPolicy,
 }
 
 impl Topology {
-    /// The topology under `namespace`.
+    /// The topology under `namespace`, with the default retry delays.
     pub fn new(namespace: Namespace) -> Self {
-        Self { namespace }
+        Self {
+            namespace,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// The same topology with the retry queues of `retry`'s delays.
+    pub fn with_retry(self, retry: RetryPolicy) -> Self {
+        Self { retry, ..self }
+    }
+
+    /// The retry delays, one retry queue each.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The full names of a consumer queue's retry queues.
+    pub fn retry_queues(&self, subscription: &Subscription) -> Vec<String> {
+        let queue = self.queue(subscription);
+        self.retry
+            .delays()
+            .iter()
+            .map(|delay| RetryPolicy::retry_queue(&queue, *delay))
+            .collect()
     }
 
     /// The namespace every name is prefixed with.
@@ -173,7 +252,7 @@ impl Topology {
         format!("{}{DLQ_SUFFIX}", self.queue(subscription))
     }
 
-    /// Declares exchanges, queues, dead-letter queues and bindings. Idempotent.
+    /// Declares exchanges, queues, dead-letter and retry queues, and bindings. Idempotent.
     ///
     /// Every queue of the system is declared, so an event published before its consumer first
     /// ran still waits for it. A broker that grants each service only what it needs may refuse a
@@ -248,8 +327,11 @@ impl Topology {
         );
         declare_durable_queue(channel, &queue, arguments).await?;
         // Retries come back through the dead-letter exchange (see `crate::retry`).
-        let requeue = crate::retry::RetryPolicy::requeue_key(&queue);
+        let requeue = RetryPolicy::requeue_key(&queue);
         bind(channel, &queue, &self.dead_letter_exchange(), &requeue).await?;
+        self.retry
+            .declare(channel, &self.dead_letter_exchange(), &queue)
+            .await?;
         bind(channel, &queue, &self.exchange(), subscription.routing_key).await
     }
 
@@ -257,10 +339,11 @@ impl Topology {
     /// tearing down a namespace; never called by the services.
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
         for subscription in SUBSCRIPTIONS {
-            for queue in [
+            let queues = [
                 self.queue(subscription),
                 self.dead_letter_queue(subscription),
-            ] {
+            ];
+            for queue in queues.into_iter().chain(self.retry_queues(subscription)) {
                 channel
                     .queue_delete(queue.into(), QueueDeleteOptions::default())
                     .await?;
@@ -347,6 +430,17 @@ mod tests {
             topology.dead_letter_queue(&SUBSCRIPTIONS[2]),
             "order_service.payment_processed.dlq"
         );
+    }
+
+    #[test]
+    fn each_queue_is_named_by_its_consumer_and_event() {
+        for subscription in SUBSCRIPTIONS {
+            assert_eq!(
+                subscription.queue,
+                format!("{}.{}", subscription.consumer, subscription.routing_key)
+            );
+        }
+        assert_eq!(ORDER_SERVICE_USER_CREATED.routing_key, "user_created");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lapin::BasicProperties;
 
-use crate::{retry::text_header, topology::SUBSCRIPTIONS};
+use crate::{retry::text_header, topology::EVENTS};
 
 /// The producer's `user_id`, kept when a consumer re-publishes a message under its own.
 pub const ORIGINAL_USER_ID_HEADER: &str = "original_user_id";
@@ -96,10 +96,7 @@ pub fn producer(properties: &BasicProperties, own_user: &str) -> Option<String> 
 }
 
 fn known_events() -> Vec<&'static str> {
-    let mut events: Vec<_> = SUBSCRIPTIONS.iter().map(|s| s.routing_key).collect();
-    events.sort_unstable();
-    events.dedup();
-    events
+    EVENTS.iter().map(|(event, _)| *event).collect()
 }
 
 #[cfg(test)]

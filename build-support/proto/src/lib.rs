@@ -32,25 +32,31 @@ pub mod payment {
 }
 
 /// Names an event message with its full protobuf name, which goes into the AMQP `type` property,
-/// and with the routing key it is published under.
+/// with the routing key it is published under, and with the service that owns (produces) it.
 pub trait Event: prost::Message + Default {
     /// The full protobuf name, e.g. `user.v1.UserCreated`.
     const TYPE_NAME: &'static str;
     /// The routing key on `events_exchange`, which is also the event's name.
     const ROUTING_KEY: &'static str;
+    /// The service that produces it, as it names its queues and its broker user
+    /// (e.g. `user_service`).
+    const PRODUCER: &'static str;
 }
 
 impl Event for user::v1::UserCreated {
     const TYPE_NAME: &'static str = "user.v1.UserCreated";
     const ROUTING_KEY: &'static str = "user_created";
+    const PRODUCER: &'static str = "user_service";
 }
 
 impl Event for order::v1::OrderCreated {
     const TYPE_NAME: &'static str = "order.v1.OrderCreated";
     const ROUTING_KEY: &'static str = "order_created";
+    const PRODUCER: &'static str = "order_service";
 }
 
 impl Event for payment::v1::PaymentProcessed {
     const TYPE_NAME: &'static str = "payment.v1.PaymentProcessed";
     const ROUTING_KEY: &'static str = "payment_processed";
+    const PRODUCER: &'static str = "payment_service";
 }

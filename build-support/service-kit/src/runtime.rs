@@ -9,10 +9,9 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Bus, BusSettings, Connected, ConsumerTuning, EventConsumer, Handler, OutboxRelay, RetryPolicy,
-    topology::Subscription,
+    Bus, BusSettings, Connected, ConsumerTuning, EventConsumer, Handler, OutboxRelay,
+    topology::{Consumes, Subscription},
 };
-use secrecy::ExposeSecret;
 use sqlx::{PgPool, migrate::Migrator};
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -42,7 +41,6 @@ pub struct ServiceRuntime {
     /// Whether the database answers.
     database_up: watch::Receiver<bool>,
     metrics_addr: SocketAddr,
-    retry: RetryPolicy,
     consumer: ConsumerTuning,
     service_name: &'static str,
     grpc_limits: GrpcLimits,
@@ -78,7 +76,7 @@ impl ServiceRuntime {
         let bus_stop = CancellationToken::new();
         let bus = Bus::start(
             BusSettings {
-                url: settings.amqp_url.expose_secret().to_owned(),
+                url: settings.amqp_url.clone(),
                 topology: settings.topology.clone(),
                 app_id: settings.service_name.to_owned(),
                 owned: consumes.to_vec(),
@@ -158,7 +156,6 @@ impl ServiceRuntime {
             bus,
             database_up,
             metrics_addr,
-            retry: settings.retry.clone(),
             consumer: settings.consumer,
             service_name: settings.service_name,
             grpc_limits: settings.grpc,
@@ -198,24 +195,12 @@ impl ServiceRuntime {
         self.workers.spawn(task(self.stop.clone()));
     }
 
-    /// Consumes `subscription`'s queue with `handler` as consumer `name` (its inbox key), with
-    /// the configured retries, pausing while the database is unreachable.
-    pub fn spawn_consumer<H: Handler>(
-        &self,
-        name: &'static str,
-        subscription: Subscription,
-        handler: H,
-    ) {
-        let consumer = EventConsumer::new(
-            name,
-            subscription,
-            self.pool.clone(),
-            self.bus.clone(),
-            handler,
-        )
-        .with_retry(self.retry.clone())
-        .with_tuning(self.consumer)
-        .with_gate(self.database_up.clone());
+    /// Consumes `queue` with `handler` (a handler of the queue's event only), with the
+    /// configured retries, pausing while the database is unreachable.
+    pub fn spawn_consumer<H: Handler>(&self, queue: Consumes<H::Event>, handler: H) {
+        let consumer = EventConsumer::new(queue, self.pool.clone(), self.bus.clone(), handler)
+            .with_tuning(self.consumer)
+            .with_gate(self.database_up.clone());
         self.spawn_worker(|stop| consumer.run(stop));
     }
 
@@ -244,7 +229,6 @@ impl ServiceRuntime {
             bus: _,
             database_up: _,
             metrics_addr: _,
-            retry: _,
             consumer: _,
             service_name,
             grpc_limits,

@@ -1,7 +1,7 @@
 //! Configuration shared by every service, read from the environment or the matching `--flag`.
 //!
 //! Each service flattens [`CommonArgs`] into its own clap parser and resolves it against its
-//! [`ServiceDefaults`] (its database name and port), so the defaults of SPEC §6 live in one place.
+//! [`ServiceDefaults`] (its database name and port), so the defaults live in one place.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
@@ -157,6 +157,7 @@ impl CommonArgs {
             self.database_pool_size >= 2,
             "DATABASE_POOL_SIZE must be at least 2 (the relay holds one while another commits)"
         );
+        let retry = RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?;
         let consumer_workers = self.consumer_workers.unwrap_or(defaults.consumer_workers);
         anyhow::ensure!(
             consumer_workers >= 1 && self.consumer_prefetch >= 1 && self.consumer_batch >= 1,
@@ -198,9 +199,9 @@ impl CommonArgs {
                 .metrics_addr
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.metrics_port))),
             outbox_max_age: self.outbox_max_age,
-            topology: Topology::new(namespace),
+            topology: Topology::new(namespace).with_retry(retry.clone()),
             trusted_producers: self.trusted_producers,
-            retry: RetryPolicy::parse(&self.retry_delays).context("invalid RETRY_DELAYS")?,
+            retry,
             consumer: ConsumerTuning {
                 workers: consumer_workers,
                 prefetch: self.consumer_prefetch,

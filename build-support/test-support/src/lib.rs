@@ -21,9 +21,7 @@ use std::{future::Future, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{
-    Connection, ConnectionProperties, Consumer,
-    message::Delivery,
-    options::{BasicAckOptions, QueueDeleteOptions},
+    Connection, ConnectionProperties, Consumer, message::Delivery, options::BasicAckOptions,
 };
 use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
@@ -66,6 +64,11 @@ pub fn broker_user() -> String {
     messaging::connection::broker_user(&broker_url())
 }
 
+/// The retry policy of [`TEST_RETRY_DELAYS`].
+pub fn test_retry() -> RetryPolicy {
+    RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays")
+}
+
 /// One test's private corner of the shared servers: a bus namespace and the databases named
 /// after it. Dropping it drops the databases and deletes the namespace's exchanges and queues.
 #[derive(Debug)]
@@ -89,7 +92,7 @@ impl Sandbox {
         let namespace = Namespace::parse(&format!("test_{id}")).expect("a valid namespace");
         Self {
             id,
-            topology: Topology::new(namespace),
+            topology: Topology::new(namespace).with_retry(test_retry()),
             postgres: postgres.to_owned(),
             databases: std::sync::Mutex::new(Vec::new()),
         }
@@ -119,7 +122,7 @@ impl Sandbox {
             outbox_max_age: Duration::from_secs(60),
             topology: self.topology.clone(),
             trusted_producers: Default::default(),
-            retry: RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays"),
+            retry: test_retry(),
             consumer: ConsumerTuning::default(),
             grpc: service_kit::grpc_limits::GrpcLimits::default(),
             database_pool_size: 16,
@@ -169,16 +172,6 @@ impl Drop for Sandbox {
                     Connection::connect(&broker_url(), ConnectionProperties::default()).await
                     && let Ok(channel) = amqp.create_channel().await
                 {
-                    let retry = RetryPolicy::parse(TEST_RETRY_DELAYS).expect("valid delays");
-                    for subscription in messaging::topology::SUBSCRIPTIONS {
-                        for delay in retry.delays() {
-                            let queue =
-                                RetryPolicy::retry_queue(&topology.queue(subscription), *delay);
-                            let _ = channel
-                                .queue_delete(queue.into(), QueueDeleteOptions::default())
-                                .await;
-                        }
-                    }
                     let _ = topology.delete(&channel).await;
                 }
             });

@@ -34,7 +34,12 @@ use lapin::{
     },
     types::FieldTable,
 };
-use messaging::{Envelope, EventContext, TraceParent, inbox, outbox};
+use messaging::{
+    Envelope, EventContext, TraceParent, inbox, outbox,
+    topology::{
+        ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED, PAYMENT_SERVICE_ORDER_CREATED,
+    },
+};
 use payment_service::{
     domain::{PaymentIntent, PaymentOutcome},
     gateway::{ChargeRequest, Latency, PaymentGateway, SimulatedGateway},
@@ -443,7 +448,7 @@ async fn inbox_rows(tx: &mut PgConnection, consumer: &str, n: usize) -> anyhow::
 /// The order service's user_created batch: inbox rows, one order per message, outbox rows.
 async fn order_tx(pool: &PgPool, batch: usize) -> anyhow::Result<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
-    inbox_rows(&mut tx, "order_service", batch).await?;
+    inbox_rows(&mut tx, ORDER_SERVICE_USER_CREATED.consumer, batch).await?;
     let mut orders = Vec::with_capacity(batch);
     let mut caused = Vec::with_capacity(batch);
     for _ in 0..batch {
@@ -500,7 +505,12 @@ async fn payment_tx(pool: &PgPool, orders: &[Uuid]) -> anyhow::Result<u64> {
         charged?;
     }
     let mut tx = pool.begin().await?;
-    inbox_rows(&mut tx, "payment_service", orders.len()).await?;
+    inbox_rows(
+        &mut tx,
+        PAYMENT_SERVICE_ORDER_CREATED.consumer,
+        orders.len(),
+    )
+    .await?;
     let mut caused = Vec::with_capacity(orders.len());
     for &order_id in orders {
         let payment = repository::record_outcome(&mut tx, order_id, &PaymentOutcome::Succeeded)
@@ -519,7 +529,12 @@ async fn settle_tx(pool: &PgPool, orders: &[Uuid]) -> anyhow::Result<u64> {
         return Ok(0);
     }
     let mut tx = pool.begin().await?;
-    inbox_rows(&mut tx, "order_service", orders.len()).await?;
+    inbox_rows(
+        &mut tx,
+        ORDER_SERVICE_PAYMENT_PROCESSED.consumer,
+        orders.len(),
+    )
+    .await?;
     for &order_id in orders {
         sqlx::query(
             "update orders set status = 'paid', update_time = now() \

@@ -23,6 +23,7 @@ use lapin::{Connection, ConnectionProperties, options::BasicAckOptions};
 use messaging::{Namespace, Topology};
 use prost::Message;
 use proto::{
+    Event,
     payment::v1::PaymentProcessed,
     user::v1::{CreateUserRequest, Plan, user_service_client::UserServiceClient},
 };
@@ -124,9 +125,12 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
     let amqp = Connection::connect(&cli.broker.amqp_url, ConnectionProperties::default())
         .await
         .context("cannot reach RabbitMQ")?;
-    let mut deliveries = topology.watch(&amqp, "payment_processed").await.context(
-        "cannot bind to the events exchange: is the stack running, with this BUS_NAMESPACE?",
-    )?;
+    let mut deliveries = topology
+        .watch(&amqp, PaymentProcessed::ROUTING_KEY)
+        .await
+        .context(
+            "cannot bind to the events exchange: is the stack running, with this BUS_NAMESPACE?",
+        )?;
     let watcher = {
         let observations = observations.clone();
         tokio::spawn(async move {

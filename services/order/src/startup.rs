@@ -14,8 +14,6 @@ use crate::{
 
 /// The full gRPC name health and reflection report.
 pub const GRPC_SERVICE: &str = "order.v1.OrderService";
-/// The consumer name in the inbox.
-const CONSUMER: &str = "order_service";
 
 /// Migrates the database, connects the bus, starts the relay and both consumers, and binds the
 /// listener.
@@ -24,19 +22,17 @@ pub async fn build(settings: &Settings, prices: PriceList) -> anyhow::Result<App
         settings,
         sqlx::migrate!(),
         GRPC_SERVICE,
-        &[ORDER_SERVICE_USER_CREATED, ORDER_SERVICE_PAYMENT_PROCESSED],
+        &[
+            ORDER_SERVICE_USER_CREATED.subscription(),
+            ORDER_SERVICE_PAYMENT_PROCESSED.subscription(),
+        ],
     )
     .await?;
     runtime.spawn_consumer(
-        CONSUMER,
         ORDER_SERVICE_USER_CREATED,
         UserCreatedHandler::new(Arc::new(prices)),
     );
-    runtime.spawn_consumer(
-        CONSUMER,
-        ORDER_SERVICE_PAYMENT_PROCESSED,
-        PaymentProcessedHandler,
-    );
+    runtime.spawn_consumer(ORDER_SERVICE_PAYMENT_PROCESSED, PaymentProcessedHandler);
     let api = OrderApi::new(runtime.pool.clone());
     let gate = runtime.database_gate();
     Ok(runtime.into_application(move |routes| {

@@ -15,8 +15,6 @@ use crate::{
 
 /// The full gRPC name health and reflection report.
 pub const GRPC_SERVICE: &str = "payment.v1.PaymentService";
-/// The consumer name in the inbox.
-const CONSUMER: &str = "payment_service";
 
 /// The service with the simulated gateway answering after `latency`.
 pub async fn build(
@@ -42,12 +40,11 @@ pub async fn build_with_gateway<G: PaymentGateway>(
         settings,
         sqlx::migrate!(),
         GRPC_SERVICE,
-        &[PAYMENT_SERVICE_ORDER_CREATED],
+        &[PAYMENT_SERVICE_ORDER_CREATED.subscription()],
     )
     .await?;
     let gateway = Arc::new(gateway(runtime.pool.clone()));
     runtime.spawn_consumer(
-        CONSUMER,
         PAYMENT_SERVICE_ORDER_CREATED,
         OrderCreatedHandler::new(gateway, charging),
     );

@@ -151,7 +151,8 @@ impl Stack {
     }
 
     /// CreateUser with `email` and a `request_id`, retried with the same `request_id` while the
-    /// service answers UNAVAILABLE, as a well-behaved client would (AIP-155).
+    /// service answers UNAVAILABLE or the call outlives the server's request timeout
+    /// (DEADLINE_EXCEEDED: its outcome is unknown), as a well-behaved client would (AIP-155).
     pub async fn create_user_retrying(&self, email: &str) -> User {
         let request = CreateUserRequest {
             email: email.into(),
@@ -164,8 +165,10 @@ impl Stack {
             match self.users.clone().create_user(request.clone()).await {
                 Ok(response) => return response.into_inner().user.expect("a user"),
                 Err(status)
-                    if status.code() == tonic::Code::Unavailable
-                        && tokio::time::Instant::now() < deadline =>
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                    ) && tokio::time::Instant::now() < deadline =>
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }

@@ -113,7 +113,7 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows() {
     );
     let bus = Bus::start(
         BusSettings {
-            url: test_support::broker_url(),
+            url: test_support::broker_url().into(),
             topology: app.topology().clone(),
             app_id: "user-service".into(),
             owned: Vec::new(),

@@ -1,4 +1,4 @@
-//! `user_created` on the wire: one event per user, every AMQP property of SPEC §4, and nothing
+//! `user_created` on the wire: one event per user, every AMQP property of the event contract (README, Events on RabbitMQ), and nothing
 //! leaves the outbox until the broker has taken it.
 
 use std::time::Duration;

@@ -1,0 +1,200 @@
+//! A batch: deliveries applied in one transaction with their inbox and outbox rows, and split
+//! when one of them fails, so that a failure is settled for the message that caused it alone.
+
+use std::{collections::VecDeque, time::Duration};
+
+use lapin::message::Delivery;
+use proto::Event;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{
+    EventConsumer, Handler, HandlerError, Incoming,
+    settle::{ack_all, failure_outcome, settle},
+};
+use crate::{inbox, outbox, publisher::Publisher};
+
+/// What became of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    Applied,
+    Duplicate,
+}
+
+/// A decoded delivery on its way through a batch.
+pub(super) struct Pending<E, P> {
+    pub(super) delivery: Delivery,
+    pub(super) message: Incoming<E>,
+    /// What the handler's first step found, once it ran.
+    pub(super) prepared: P,
+    /// Attempts before this delivery, from its headers.
+    pub(super) attempts: u32,
+    /// The message's span, a child of the producer's trace.
+    pub(super) span: tracing::Span,
+}
+
+impl<E> Pending<E, ()> {
+    pub(super) fn with_prepared<P>(self, prepared: P) -> Pending<E, P> {
+        Pending {
+            delivery: self.delivery,
+            message: self.message,
+            prepared,
+            attempts: self.attempts,
+            span: self.span,
+        }
+    }
+}
+
+/// A delivery of `H`'s batch with what its first step prepared.
+pub(super) type Item<H> = Pending<<H as Handler>::Event, <H as Handler>::Prepared>;
+
+/// Why a batch did not commit: the handler failed on the message at index `at`, or (`None`) the
+/// batch as a whole failed (its begin, inbox, outbox or commit).
+pub(super) struct BatchFailure {
+    at: Option<usize>,
+    error: HandlerError,
+}
+
+impl From<sqlx::Error> for BatchFailure {
+    fn from(error: sqlx::Error) -> Self {
+        Self {
+            at: None,
+            error: error.into(),
+        }
+    }
+}
+
+impl<H: Handler> EventConsumer<H> {
+    /// Applies a batch in one transaction and acks it after the commit. A message the handler
+    /// failed on is settled alone (retried, dead-lettered), and the rest applied again without
+    /// it; a batch that failed as a whole is applied again one message at a time, to find the
+    /// message at fault. Every delivery on the worker's channel before this batch is settled
+    /// already, so the batch is acked with one `multiple` ack.
+    pub(super) async fn apply_and_settle(&self, batch: Vec<Item<H>>, publisher: &Publisher) {
+        let mut queue = VecDeque::from([batch]);
+        while let Some(mut batch) = queue.pop_front() {
+            if batch.is_empty() {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let applied = self.apply(&batch).await;
+            let took = started.elapsed();
+            match applied {
+                Ok(outcomes) => {
+                    for (pending, outcome) in batch.iter().zip(outcomes) {
+                        self.observe(&pending.message, took, Ok(outcome));
+                        if outcome == Outcome::Duplicate {
+                            pending.span.in_scope(|| {
+                                tracing::info!("duplicate message; acknowledged without effect");
+                            });
+                        }
+                    }
+                    settle(ack_all(&batch)).await;
+                }
+                Err(BatchFailure {
+                    error: HandlerError::Unavailable(error),
+                    ..
+                }) => {
+                    // Everything not yet settled goes back to the queue.
+                    let rest: Vec<_> = queue.drain(..).flatten().chain(batch).collect();
+                    self.requeue_unavailable(&rest, took, &error).await;
+                }
+                Err(BatchFailure {
+                    at: Some(at),
+                    error,
+                }) => {
+                    let failed = batch.remove(at);
+                    self.observe(&failed.message, took, Err(failure_outcome(&error)));
+                    let span = failed.span.clone();
+                    self.settle_failure(failed, error, publisher)
+                        .instrument(span)
+                        .await;
+                    queue.push_front(batch);
+                }
+                Err(BatchFailure { at: None, error }) if batch.len() > 1 => {
+                    tracing::debug!(
+                        consumer = self.name,
+                        batch = batch.len(),
+                        error = format!("{error:#}"),
+                        "batch failed; applying its messages one at a time"
+                    );
+                    queue.extend(batch.into_iter().map(|pending| vec![pending]));
+                }
+                Err(BatchFailure { at: None, error }) => {
+                    if let Some(failed) = batch.pop() {
+                        self.observe(&failed.message, took, Err(failure_outcome(&error)));
+                        let span = failed.span.clone();
+                        self.settle_failure(failed, error, publisher)
+                            .instrument(span)
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records what became of a message: its outcome, how long applying its batch took and,
+    /// once applied, how old the event was (from its time-ordered UUIDv7 id,
+    /// millisecond-precise).
+    pub(super) fn observe(
+        &self,
+        message: &Incoming<H::Event>,
+        took: Duration,
+        outcome: Result<Outcome, &'static str>,
+    ) {
+        let label = match outcome {
+            Ok(Outcome::Applied) => "applied",
+            Ok(Outcome::Duplicate) => "duplicate",
+            Err(label) => label,
+        };
+        let (consumer, kind) = (self.name, H::Event::TYPE_NAME);
+        metrics::counter!("events_consumed_total", "consumer" => consumer, "type" => kind, "outcome" => label)
+            .increment(1);
+        metrics::histogram!("event_handler_duration_seconds", "consumer" => consumer, "type" => kind)
+            .record(took.as_secs_f64());
+        if outcome == Ok(Outcome::Applied)
+            && let Some(age) = event_age(message.message_id)
+        {
+            metrics::histogram!("event_end_to_end_age_seconds", "consumer" => consumer, "type" => kind)
+                .record(age.as_secs_f64());
+        }
+    }
+
+    /// One transaction for the batch: its inbox rows in one insert, each new message's effect,
+    /// and the outbox rows of everything they caused in one insert. Duplicates (already in the
+    /// inbox, or twice in the batch) are skipped.
+    pub(super) async fn apply(&self, batch: &[Item<H>]) -> Result<Vec<Outcome>, BatchFailure> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = batch.iter().map(|p| p.message.message_id).collect();
+        let mut fresh = inbox::record_all(&mut tx, self.name, &ids).await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut caused = Vec::new();
+        for (at, pending) in batch.iter().enumerate() {
+            if !fresh.remove(&pending.message.message_id) {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            }
+            let events = self
+                .handler
+                .handle(&mut tx, &pending.message, &pending.prepared)
+                .instrument(pending.span.clone())
+                .await
+                .map_err(|error| BatchFailure {
+                    at: Some(at),
+                    error,
+                })?;
+            caused.extend(events);
+            outcomes.push(Outcome::Applied);
+        }
+        outbox::enqueue_all(&mut tx, &caused).await?;
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+}
+
+/// How long ago a UUIDv7 id was minted; `None` for other ids or clock skew.
+fn event_age(message_id: Uuid) -> Option<Duration> {
+    let (seconds, nanos) = message_id.get_timestamp()?.to_unix();
+    let minted = std::time::UNIX_EPOCH + Duration::new(seconds, nanos);
+    std::time::SystemTime::now().duration_since(minted).ok()
+}
