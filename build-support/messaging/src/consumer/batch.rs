@@ -3,14 +3,13 @@
 
 use std::{collections::VecDeque, time::Duration};
 
-use lapin::message::Delivery;
 use proto::Event;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
     EventConsumer, Handler, HandlerError, Incoming,
-    settle::{ack_all, failure_outcome, settle},
+    settle::{Unsettled, failure_outcome},
 };
 use crate::{inbox, outbox, publisher::Publisher};
 
@@ -23,7 +22,7 @@ pub(super) enum Outcome {
 
 /// A decoded delivery on its way through a batch.
 pub(super) struct Pending<E, P> {
-    pub(super) delivery: Delivery,
+    pub(super) delivery: Unsettled,
     pub(super) message: Incoming<E>,
     /// What the handler's first step found, once it ran.
     pub(super) prepared: P,
@@ -89,7 +88,8 @@ impl<H: Handler> EventConsumer<H> {
                             });
                         }
                     }
-                    settle(ack_all(&batch)).await;
+                    Unsettled::ack_all(batch.into_iter().map(|pending| pending.delivery).collect())
+                        .await;
                 }
                 Err(BatchFailure {
                     error: HandlerError::Unavailable(error),
@@ -97,7 +97,7 @@ impl<H: Handler> EventConsumer<H> {
                 }) => {
                     // Everything not yet settled goes back to the queue.
                     let rest: Vec<_> = queue.drain(..).flatten().chain(batch).collect();
-                    self.requeue_unavailable(&rest, took, &error).await;
+                    self.requeue_unavailable(rest, took, &error).await;
                 }
                 Err(BatchFailure {
                     at: Some(at),

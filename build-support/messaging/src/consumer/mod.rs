@@ -24,6 +24,7 @@
 //! gate is closed, e.g. the database is down), the consumer stops consuming instead of burning
 //! through attempts, and resumes when the gate opens.
 
+mod admit;
 mod batch;
 mod handler;
 mod settle;
@@ -42,15 +43,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use self::handler::{Handler, HandlerError, parse_id};
 use self::{
     batch::{Item, Pending},
-    settle::{close, failure_outcome, reject, settle},
+    settle::{close, failure_outcome},
+};
+pub use self::{
+    handler::{Handler, HandlerError, parse_id},
+    settle::Unsettled,
 };
 pub use crate::envelope::{DecodeError, Incoming, MAX_PAYLOAD_BYTES, decode};
 use crate::{
     connection::{Bus, Connected},
-    limits::HeaderWeight,
     publisher::Publisher,
     retry::FailureKind,
     topology::{Consumes, Subscription},
@@ -306,11 +309,11 @@ impl<H: Handler> EventConsumer<H> {
         metrics::histogram!("consumer_batch_size", "consumer" => self.name)
             .record(deliveries.len() as f64);
         let mut decoded = Vec::with_capacity(deliveries.len());
-        for delivery in deliveries {
-            let Some(attempts) = self.admit(&delivery, publisher).await else {
+        for delivery in deliveries.into_iter().map(Unsettled::new) {
+            let Some((delivery, attempts)) = self.admit(delivery, publisher).await else {
                 continue;
             };
-            match decode::<H::Event>(&delivery) {
+            match decode::<H::Event>(delivery.delivery()) {
                 Ok(message) => {
                     // The span continues the producer's trace; everything the handler logs
                     // carries the ids.
@@ -320,7 +323,7 @@ impl<H: Handler> EventConsumer<H> {
                         event_type = H::Event::TYPE_NAME,
                         message_id = %message.message_id,
                         correlation_id = %message.correlation_id,
-                        redelivered = delivery.redelivered,
+                        redelivered = delivery.delivery().redelivered,
                     );
                     trace_context::set_parent(&span, &message.traceparent);
                     decoded.push(Pending {
@@ -339,7 +342,7 @@ impl<H: Handler> EventConsumer<H> {
                     )
                     .increment(1);
                     self.dead_letter(
-                        &delivery,
+                        delivery,
                         publisher,
                         FailureKind::Undecodable,
                         attempts,
@@ -352,64 +355,6 @@ impl<H: Handler> EventConsumer<H> {
         if let Some(batch) = self.prepare(decoded, publisher).await {
             self.apply_and_settle(batch, publisher).await;
         }
-    }
-
-    /// Checks what a delivery carries before anything else touches it: headers too heavy to
-    /// forward are rejected (the broker dead-letters the message, with `x-death`: re-publishing
-    /// it with our headers could exceed `frame_max` and cost the connection), and an event from
-    /// an untrusted producer is dead-lettered as `untrusted`. Returns the delivery's attempts so
-    /// far (its header, at most the number of retries) when it may go on.
-    async fn admit(&self, delivery: &Delivery, publisher: &Publisher) -> Option<u32> {
-        let weight = HeaderWeight::of(delivery.properties.headers().as_ref());
-        if !weight.forwardable() {
-            tracing::warn!(
-                consumer = self.name,
-                depth = weight.depth,
-                bytes = weight.bytes,
-                "headers too deep or too big to forward; rejecting the message to the dead-letter queue"
-            );
-            let kind = FailureKind::OversizedHeaders;
-            self.count_refused(kind);
-            metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
-                .increment(1);
-            settle(reject(delivery)).await;
-            return None;
-        }
-        let attempts = self.bus.topology().retry().attempts_of(delivery);
-        if !self.bus.trusts(H::Event::ROUTING_KEY, &delivery.properties) {
-            let producer = self.bus.producer_of(&delivery.properties);
-            tracing::warn!(
-                consumer = self.name,
-                event_type = H::Event::TYPE_NAME,
-                producer = ?producer,
-                "event from a producer not trusted for it; dead-lettering it unapplied"
-            );
-            let error = format!(
-                "{} is not trusted to produce {}",
-                producer.as_deref().unwrap_or("a publisher without user_id"),
-                H::Event::ROUTING_KEY
-            );
-            self.count_refused(FailureKind::Untrusted);
-            self.dead_letter(
-                delivery,
-                publisher,
-                FailureKind::Untrusted,
-                attempts,
-                &error,
-            )
-            .await;
-            return None;
-        }
-        Some(attempts)
-    }
-
-    /// Counts a delivery refused before decoding, under its failure kind.
-    fn count_refused(&self, kind: FailureKind) {
-        metrics::counter!(
-            "events_consumed_total",
-            "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => kind.as_str()
-        )
-        .increment(1);
     }
 
     /// Runs the handler's first step for the batch, outside any transaction. What it failed on
@@ -443,7 +388,7 @@ impl<H: Handler> EventConsumer<H> {
             Some(anyhow::anyhow!("the handler's first step gave no result"))
         };
         if let Some(error) = unavailable {
-            self.requeue_unavailable(&decoded, took, &error).await;
+            self.requeue_unavailable(decoded, took, &error).await;
             return None;
         }
         let mut batch = Vec::with_capacity(decoded.len());

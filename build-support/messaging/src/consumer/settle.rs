@@ -23,7 +23,7 @@ impl<H: Handler> EventConsumer<H> {
     /// is unavailable.
     pub(super) async fn requeue_unavailable<P>(
         &self,
-        rest: &[Pending<H::Event, P>],
+        rest: Vec<Pending<H::Event, P>>,
         took: Duration,
         error: &anyhow::Error,
     ) {
@@ -33,11 +33,11 @@ impl<H: Handler> EventConsumer<H> {
             error = format!("{error:#}"),
             "dependency unavailable; requeueing"
         );
-        for pending in rest {
+        for pending in &rest {
             self.observe(&pending.message, took, Err("requeued"));
         }
         tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-        settle(requeue_all(rest)).await;
+        Unsettled::requeue_all(rest.into_iter().map(|pending| pending.delivery).collect()).await;
     }
 
     /// Retries a failed message later, dead-letters it, or requeues it, as its failure says.
@@ -57,7 +57,7 @@ impl<H: Handler> EventConsumer<H> {
                     "cannot apply message; dead-lettering it"
                 );
                 self.dead_letter(
-                    &delivery,
+                    delivery,
                     publisher,
                     FailureKind::Permanent,
                     attempts.saturating_add(1),
@@ -75,7 +75,7 @@ impl<H: Handler> EventConsumer<H> {
                             ?delay,
                             "transient failure; retrying later"
                         );
-                        self.retry_later(&delivery, publisher, attempt, delay, &error)
+                        self.retry_later(delivery, publisher, attempt, delay, &error)
                             .await;
                     }
                     None => {
@@ -85,7 +85,7 @@ impl<H: Handler> EventConsumer<H> {
                             "transient failure, out of retries; dead-lettering it"
                         );
                         self.dead_letter(
-                            &delivery,
+                            delivery,
                             publisher,
                             FailureKind::RetriesExhausted,
                             attempt,
@@ -101,7 +101,7 @@ impl<H: Handler> EventConsumer<H> {
                     "dependency unavailable; requeueing"
                 );
                 tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                settle(requeue(&delivery)).await;
+                delivery.requeue().await;
             }
         }
     }
@@ -109,7 +109,7 @@ impl<H: Handler> EventConsumer<H> {
     /// Re-publishes to the retry queue for `delay`, then acks; requeues if that fails.
     pub(super) async fn retry_later(
         &self,
-        delivery: &Delivery,
+        unsettled: Unsettled,
         publisher: &Publisher,
         attempt: u32,
         delay: Duration,
@@ -124,6 +124,7 @@ impl<H: Handler> EventConsumer<H> {
         };
         let topology = self.bus.topology();
         let queue = RetryPolicy::retry_queue(&topology.queue(&self.subscription), delay);
+        let delivery = unsettled.delivery();
         match publisher
             .forward(
                 &topology.dead_letter_exchange(),
@@ -133,11 +134,11 @@ impl<H: Handler> EventConsumer<H> {
             )
             .await
         {
-            Ok(()) => settle(ack(delivery)).await,
+            Ok(()) => unsettled.ack().await,
             Err(error) => {
                 tracing::warn!(%error, "cannot schedule the retry; requeueing");
                 tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                settle(requeue(delivery)).await;
+                unsettled.requeue().await;
             }
         }
     }
@@ -146,7 +147,7 @@ impl<H: Handler> EventConsumer<H> {
     /// rejects it, which the queue dead-letters without the headers: never back to the queue.
     pub(super) async fn dead_letter(
         &self,
-        delivery: &Delivery,
+        unsettled: Unsettled,
         publisher: &Publisher,
         kind: FailureKind,
         attempts: u32,
@@ -162,6 +163,7 @@ impl<H: Handler> EventConsumer<H> {
             at: chrono::Utc::now(),
         };
         let topology = self.bus.topology();
+        let delivery = unsettled.delivery();
         match publisher
             .forward(
                 &topology.dead_letter_exchange(),
@@ -171,49 +173,97 @@ impl<H: Handler> EventConsumer<H> {
             )
             .await
         {
-            Ok(()) => settle(ack(delivery)).await,
+            Ok(()) => unsettled.ack().await,
             Err(error) => {
                 tracing::warn!(%error, "cannot annotate the dead letter; rejecting it instead");
-                settle(reject(delivery)).await;
+                unsettled.reject().await;
             }
         }
     }
 }
 
-pub(super) async fn ack(delivery: &Delivery) -> Result<bool, lapin::Error> {
-    delivery.ack(BasicAckOptions::default()).await
-}
+/// A delivery not yet settled, owned: [`Unsettled::ack`], [`Unsettled::requeue`] and
+/// [`Unsettled::reject`] consume it (as do the consumer's retry and dead-letter paths, which end
+/// in one of them), so a delivery cannot be settled twice:
+///
+/// ```compile_fail
+/// # async fn twice(delivery: messaging::consumer::Unsettled) {
+/// delivery.ack().await;
+/// delivery.requeue().await; // the delivery was moved by its ack
+/// # }
+/// ```
+///
+/// while settling it once does:
+///
+/// ```
+/// # async fn once(delivery: messaging::consumer::Unsettled) {
+/// delivery.ack().await;
+/// # }
+/// ```
+///
+/// Each settlement is bounded in time, and a failed one is logged, not returned: the channel is
+/// gone, the broker redelivers the message, and the inbox makes that harmless.
+#[derive(Debug)]
+pub struct Unsettled(Delivery);
 
-/// The delivery of the batch the broker sent last: settling it with `multiple` settles the batch.
-pub(super) fn last<E, P>(batch: &[Pending<E, P>]) -> Option<&Delivery> {
-    batch
-        .iter()
-        .map(|pending| &pending.delivery)
-        .max_by_key(|delivery| delivery.delivery_tag)
-}
-
-/// Acks every delivery of `batch`, and every earlier one still unsettled on the channel (there is
-/// none: a worker settles each batch before taking the next).
-pub(super) async fn ack_all<E, P>(batch: &[Pending<E, P>]) -> Result<bool, lapin::Error> {
-    match last(batch) {
-        Some(delivery) if batch.len() > 1 => delivery.ack(BasicAckOptions { multiple: true }).await,
-        Some(delivery) => ack(delivery).await,
-        None => Ok(true),
+impl Unsettled {
+    /// Takes charge of settling `delivery`.
+    pub fn new(delivery: Delivery) -> Self {
+        Self(delivery)
     }
-}
 
-/// Returns every delivery of `batch` to the queue, like [`ack_all`].
-pub(super) async fn requeue_all<E, P>(batch: &[Pending<E, P>]) -> Result<bool, lapin::Error> {
-    match last(batch) {
-        Some(delivery) => {
-            delivery
-                .nack(BasicNackOptions {
-                    multiple: batch.len() > 1,
-                    requeue: true,
-                })
-                .await
+    /// The delivery, to read.
+    pub fn delivery(&self) -> &Delivery {
+        &self.0
+    }
+
+    /// Done with: the broker forgets it.
+    pub async fn ack(self) {
+        settle(self.0.ack(BasicAckOptions::default())).await;
+    }
+
+    /// Back to the queue, for later.
+    pub async fn requeue(self) {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        settle(self.0.nack(requeue)).await;
+    }
+
+    /// To the dead-letter queue, through the queue's dead-letter exchange (the broker adds
+    /// `x-death`).
+    pub async fn reject(self) {
+        settle(self.0.reject(BasicRejectOptions { requeue: false })).await;
+    }
+
+    /// Acks every delivery of `batch` with one `multiple` ack of the last the broker sent, which
+    /// also acks every earlier one still unsettled on the channel (there is none: a worker
+    /// settles each batch before taking the next).
+    pub async fn ack_all(batch: Vec<Self>) {
+        let multiple = batch.len() > 1;
+        if let Some(last) = Self::last(batch) {
+            settle(last.0.ack(BasicAckOptions { multiple })).await;
         }
-        None => Ok(true),
+    }
+
+    /// Returns every delivery of `batch` to the queue, like [`Unsettled::ack_all`].
+    pub async fn requeue_all(batch: Vec<Self>) {
+        let multiple = batch.len() > 1;
+        if let Some(last) = Self::last(batch) {
+            let requeue = BasicNackOptions {
+                multiple,
+                requeue: true,
+            };
+            settle(last.0.nack(requeue)).await;
+        }
+    }
+
+    /// The delivery the broker sent last: settling it with `multiple` settles the batch.
+    fn last(batch: Vec<Self>) -> Option<Self> {
+        batch
+            .into_iter()
+            .max_by_key(|unsettled| unsettled.0.delivery_tag)
     }
 }
 
@@ -226,23 +276,9 @@ pub(super) fn failure_outcome(error: &HandlerError) -> &'static str {
     }
 }
 
-/// To the dead-letter queue, through the queue's dead-letter exchange.
-pub(super) async fn reject(delivery: &Delivery) -> Result<bool, lapin::Error> {
-    delivery.reject(BasicRejectOptions { requeue: false }).await
-}
-
-pub(super) async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
-    delivery
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..BasicNackOptions::default()
-        })
-        .await
-}
-
 /// A failed ack or nack means the channel is gone (lapin then reports the delivery as not
 /// settled): the broker redelivers the message, and the inbox makes that harmless.
-pub(super) async fn settle(outcome: impl Future<Output = Result<bool, lapin::Error>>) {
+async fn settle(outcome: impl Future<Output = Result<bool, lapin::Error>>) {
     match tokio::time::timeout(SETTLE_TIMEOUT, outcome).await {
         Ok(Ok(true)) => {}
         Ok(Ok(false)) => tracing::warn!(
