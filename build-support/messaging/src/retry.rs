@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::headers::header;
 pub use crate::headers::{integer_header, text_header};
-use crate::{headers::header, trust::ORIGINAL_USER_ID_HEADER};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -37,6 +37,9 @@ pub const CONSUMER_HEADER: &str = "failed_consumer";
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "original_exchange";
 /// The routing key the message was first published with.
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "original_routing_key";
+/// The producer's `user_id`, kept when a consumer re-publishes a message under its own (see
+/// [`crate::trust`]).
+pub const ORIGINAL_USER_ID_HEADER: &str = "original_user_id";
 /// Suffix of the routing key on the dead-letter exchange that leads back into a work queue.
 pub const REQUEUE_SUFFIX: &str = ".requeue";
 /// Longest failure message kept in a header.

@@ -14,10 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lapin::BasicProperties;
 
-use crate::{retry::text_header, topology::EVENTS};
-
-/// The producer's `user_id`, kept when a consumer re-publishes a message under its own.
-pub const ORIGINAL_USER_ID_HEADER: &str = "original_user_id";
+pub use crate::retry::ORIGINAL_USER_ID_HEADER;
+use crate::{headers::text_header, topology::EVENTS};
 
 /// An invalid `TRUSTED_PRODUCERS`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

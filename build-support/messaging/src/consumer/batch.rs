@@ -7,10 +7,7 @@ use proto::Event;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{
-    EventConsumer, Handler, HandlerError, Incoming,
-    settle::{Unsettled, failure_outcome},
-};
+use super::{EventConsumer, Handler, HandlerError, Incoming, settle::Unsettled};
 use crate::{inbox, outbox, publisher::Publisher};
 
 /// What became of one delivery.
@@ -104,7 +101,7 @@ impl<H: Handler> EventConsumer<H> {
                     error,
                 }) => {
                     let failed = batch.remove(at);
-                    self.observe(&failed.message, took, Err(failure_outcome(&error)));
+                    self.observe(&failed.message, took, Err(error.outcome()));
                     let span = failed.span.clone();
                     self.settle_failure(failed, error, publisher)
                         .instrument(span)
@@ -122,7 +119,7 @@ impl<H: Handler> EventConsumer<H> {
                 }
                 Err(BatchFailure { at: None, error }) => {
                     if let Some(failed) = batch.pop() {
-                        self.observe(&failed.message, took, Err(failure_outcome(&error)));
+                        self.observe(&failed.message, took, Err(error.outcome()));
                         let span = failed.span.clone();
                         self.settle_failure(failed, error, publisher)
                             .instrument(span)

@@ -28,6 +28,17 @@ pub enum HandlerError {
     Permanent(anyhow::Error),
 }
 
+impl HandlerError {
+    /// The `events_consumed_total` outcome of a message that failed with it.
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            Self::Transient(_) => "retried",
+            Self::Permanent(_) => "dead_lettered",
+            Self::Unavailable(_) => "requeued",
+        }
+    }
+}
+
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
         match db_errors::classify(&error) {

@@ -26,6 +26,7 @@
 
 mod admit;
 mod batch;
+mod failures;
 mod handler;
 mod settle;
 
@@ -45,7 +46,7 @@ use tracing::Instrument;
 
 use self::{
     batch::{Item, Pending},
-    settle::{close, failure_outcome},
+    settle::close,
 };
 pub use self::{
     handler::{Handler, HandlerError, parse_id},
@@ -397,7 +398,7 @@ impl<H: Handler> EventConsumer<H> {
                 Ok(prepared) => batch.push(pending.with_prepared(prepared)),
                 Err(error) => {
                     let item = pending.with_prepared(H::Prepared::default());
-                    self.observe(&item.message, took, Err(failure_outcome(&error)));
+                    self.observe(&item.message, took, Err(error.outcome()));
                     let span = item.span.clone();
                     self.settle_failure(item, error, publisher)
                         .instrument(span)

@@ -1,7 +1,7 @@
-//! Settling deliveries: acks and requeues (one `multiple` settlement per batch), retries and
-//! dead letters, each bounded in time.
+//! Settling deliveries: acks, requeues and rejects (one `multiple` settlement per batch), each
+//! bounded in time, through a handle that owns the delivery.
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use lapin::{
     Channel,
@@ -9,178 +9,7 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
 };
 
-use super::{
-    EventConsumer, Handler, HandlerError, SETTLE_TIMEOUT, UNAVAILABLE_PAUSE,
-    batch::{Item, Pending},
-};
-use crate::{
-    publisher::Publisher,
-    retry::{Failure, FailureKind, RetryPolicy},
-};
-
-impl<H: Handler> EventConsumer<H> {
-    /// Everything not yet settled goes back to the queue, after a pause, because a dependency
-    /// is unavailable.
-    pub(super) async fn requeue_unavailable<P>(
-        &self,
-        rest: Vec<Pending<H::Event, P>>,
-        took: Duration,
-        error: &anyhow::Error,
-    ) {
-        tracing::warn!(
-            consumer = self.name,
-            batch = rest.len(),
-            error = format!("{error:#}"),
-            "dependency unavailable; requeueing"
-        );
-        for pending in &rest {
-            self.observe(&pending.message, took, Err("requeued"));
-        }
-        tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-        Unsettled::requeue_all(rest.into_iter().map(|pending| pending.delivery).collect()).await;
-    }
-
-    /// Retries a failed message later, dead-letters it, or requeues it, as its failure says.
-    pub(super) async fn settle_failure(
-        &self,
-        failed: Item<H>,
-        error: HandlerError,
-        publisher: &Publisher,
-    ) {
-        let Pending {
-            delivery, attempts, ..
-        } = failed;
-        match error {
-            HandlerError::Permanent(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "cannot apply message; dead-lettering it"
-                );
-                self.dead_letter(
-                    delivery,
-                    publisher,
-                    FailureKind::Permanent,
-                    attempts.saturating_add(1),
-                    &error,
-                )
-                .await;
-            }
-            HandlerError::Transient(error) => {
-                let attempt = attempts.saturating_add(1);
-                match self.bus.topology().retry().delay(attempt) {
-                    Some(delay) => {
-                        tracing::warn!(
-                            error = format!("{error:#}"),
-                            attempt,
-                            ?delay,
-                            "transient failure; retrying later"
-                        );
-                        self.retry_later(delivery, publisher, attempt, delay, &error)
-                            .await;
-                    }
-                    None => {
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            attempt,
-                            "transient failure, out of retries; dead-lettering it"
-                        );
-                        self.dead_letter(
-                            delivery,
-                            publisher,
-                            FailureKind::RetriesExhausted,
-                            attempt,
-                            &error,
-                        )
-                        .await;
-                    }
-                }
-            }
-            HandlerError::Unavailable(error) => {
-                tracing::warn!(
-                    error = format!("{error:#}"),
-                    "dependency unavailable; requeueing"
-                );
-                tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                delivery.requeue().await;
-            }
-        }
-    }
-
-    /// Re-publishes to the retry queue for `delay`, then acks; requeues if that fails.
-    pub(super) async fn retry_later(
-        &self,
-        unsettled: Unsettled,
-        publisher: &Publisher,
-        attempt: u32,
-        delay: Duration,
-        error: &(dyn std::fmt::Display + Sync),
-    ) {
-        let failure = Failure {
-            consumer: self.name,
-            attempts: attempt,
-            kind: None,
-            message: error.to_string(),
-            at: chrono::Utc::now(),
-        };
-        let topology = self.bus.topology();
-        let queue = RetryPolicy::retry_queue(&topology.queue(&self.subscription), delay);
-        let delivery = unsettled.delivery();
-        match publisher
-            .forward(
-                &topology.dead_letter_exchange(),
-                &queue,
-                &delivery.data,
-                failure.annotate(delivery),
-            )
-            .await
-        {
-            Ok(()) => unsettled.ack().await,
-            Err(error) => {
-                tracing::warn!(%error, "cannot schedule the retry; requeueing");
-                tokio::time::sleep(UNAVAILABLE_PAUSE).await;
-                unsettled.requeue().await;
-            }
-        }
-    }
-
-    /// Re-publishes to the dead-letter queue with the failure headers, then acks. If that fails,
-    /// rejects it, which the queue dead-letters without the headers: never back to the queue.
-    pub(super) async fn dead_letter(
-        &self,
-        unsettled: Unsettled,
-        publisher: &Publisher,
-        kind: FailureKind,
-        attempts: u32,
-        error: &(dyn std::fmt::Display + Sync),
-    ) {
-        metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
-            .increment(1);
-        let failure = Failure {
-            consumer: self.name,
-            attempts,
-            kind: Some(kind),
-            message: error.to_string(),
-            at: chrono::Utc::now(),
-        };
-        let topology = self.bus.topology();
-        let delivery = unsettled.delivery();
-        match publisher
-            .forward(
-                &topology.dead_letter_exchange(),
-                &topology.queue(&self.subscription),
-                &delivery.data,
-                failure.annotate(delivery),
-            )
-            .await
-        {
-            Ok(()) => unsettled.ack().await,
-            Err(error) => {
-                tracing::warn!(%error, "cannot annotate the dead letter; rejecting it instead");
-                unsettled.reject().await;
-            }
-        }
-    }
-}
+use super::SETTLE_TIMEOUT;
 
 /// A delivery not yet settled, owned: [`Unsettled::ack`], [`Unsettled::requeue`] and
 /// [`Unsettled::reject`] consume it (as do the consumer's retry and dead-letter paths, which end
@@ -264,15 +93,6 @@ impl Unsettled {
         batch
             .into_iter()
             .max_by_key(|unsettled| unsettled.0.delivery_tag)
-    }
-}
-
-/// The `events_consumed_total` outcome of a failure.
-pub(super) fn failure_outcome(error: &HandlerError) -> &'static str {
-    match error {
-        HandlerError::Transient(_) => "retried",
-        HandlerError::Permanent(_) => "dead_lettered",
-        HandlerError::Unavailable(_) => "requeued",
     }
 }
 
