@@ -24,6 +24,7 @@
 //! gate is closed, e.g. the database is down), the consumer stops consuming instead of burning
 //! through attempts, and resumes when the gate opens.
 
+mod apply;
 mod batch;
 mod handler;
 mod settle;
@@ -42,7 +43,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-pub use self::handler::{Handler, HandlerError, parse_id};
+pub use self::{
+    apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
+    handler::{Handler, HandlerError, parse_id},
+};
 use self::{
     batch::{Item, Pending},
     settle::{close, failure_outcome, reject, settle},
