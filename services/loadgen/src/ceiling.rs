@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::Context;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
     message::Delivery,
@@ -38,7 +38,7 @@ use lapin::{
 };
 use messaging::{
     Envelope, EventContext, Handler, Incoming, TraceParent,
-    consumer::{BatchMessage, Outcome, apply_batch, decode},
+    consumer::{BatchMessage, Outcome, apply_batch, decode, take_ready},
     outbox,
     topology::{
         Consumes, ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED,
@@ -560,21 +560,21 @@ async fn broker_steps(
                     _ = stop.cancelled() => return,
                     next = deliveries.next() => next,
                 };
-                let Some(Ok(mut last)) = first else { return };
-                let mut n = 1;
-                while n < batch {
-                    match deliveries.next().now_or_never() {
-                        Some(Some(Ok(delivery))) => {
-                            last = delivery;
-                            n += 1;
-                        }
-                        _ => break,
-                    }
-                }
+                let Some(Ok(first)) = first else { return };
+                // As the consumer batches: what the broker has already pushed, acked at once.
+                let mut received = vec![first];
+                let ended = take_ready(&mut deliveries, &mut received, batch);
+                let n = received.len();
+                let Some(last) = received.pop() else {
+                    return;
+                };
                 if last.ack(BasicAckOptions { multiple: n > 1 }).await.is_err() {
                     return;
                 }
                 consumed.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if ended.is_some() {
+                    return;
+                }
             }
         }));
     }

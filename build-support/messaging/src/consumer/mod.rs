@@ -27,11 +27,12 @@
 mod apply;
 mod batch;
 mod handler;
+mod ready;
 mod settle;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicConsumeOptions, BasicQosOptions},
@@ -46,6 +47,7 @@ use tracing::Instrument;
 pub use self::{
     apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
     handler::{Handler, HandlerError, parse_id},
+    ready::take_ready,
 };
 use self::{
     batch::{Item, Pending},
@@ -268,17 +270,7 @@ impl<H: Handler> EventConsumer<H> {
                     None => anyhow::bail!("the broker cancelled the consumer"),
                 }
                 // What the broker has already pushed joins the batch; nothing waits for more.
-                let mut ended = None;
-                while ended.is_none() && batch.len() < self.tuning.batch_size {
-                    match deliveries.next().now_or_never() {
-                        Some(Some(Ok(delivery))) => batch.push(delivery),
-                        Some(Some(Err(error))) => ended = Some(anyhow::Error::from(error)),
-                        Some(None) => {
-                            ended = Some(anyhow::anyhow!("the broker cancelled the consumer"))
-                        }
-                        None => break,
-                    }
-                }
+                let ended = take_ready(&mut deliveries, &mut batch, self.tuning.batch_size);
                 let processing = self.process(std::mem::take(&mut batch), &connected.publisher);
                 if tokio::time::timeout(BATCH_TIMEOUT, processing)
                     .await
