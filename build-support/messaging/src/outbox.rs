@@ -93,6 +93,18 @@ pub async fn claim_due(
     Ok(rows.into_iter().map(Envelope::from).collect())
 }
 
+/// Deletes the rows of `message_ids` (published ones) in the caller's transaction.
+pub async fn remove(
+    connection: &mut PgConnection,
+    message_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("delete from outbox where message_id = any($1)")
+        .bind(message_ids)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
 /// What waits in the outbox.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutboxStats {
@@ -280,10 +292,7 @@ impl OutboxRelay {
                 }
             }
         }
-        sqlx::query("delete from outbox where message_id = any($1)")
-            .bind(&published)
-            .execute(&mut *tx)
-            .await?;
+        remove(&mut tx, &published).await?;
         tx.commit().await?;
         tracing::debug!(published = published.len(), failed, "outbox batch relayed");
         Ok(RelayOutcome {

@@ -1,15 +1,16 @@
-//! `loadgen ceiling`: what the durable work of one flow costs on this machine, without any
-//! service logic (no gRPC, no decoding, no handlers, no logs, metrics or traces).
+//! `loadgen ceiling`: what the durable work of one flow costs on this machine, without the
+//! services' transport (no gRPC, no broker between the steps, no logs, metrics or traces).
 //!
-//! On a scratch database with the services' own tables (their migrations), it runs the
-//! transactions the stack runs for a flow, with the same statements and batch sizes: the user
-//! service's insert of a user and its outbox row, the relay's claim-and-delete of outbox rows,
-//! and the three consumers' batches (inbox rows, effect, outbox rows; the payment step also
-//! records its intents and charges the simulator, each in a statement of its own, through the
-//! payment service's own functions). On a scratch durable
-//! queue it publishes persistent messages of the events' sizes with confirms, and consumes them
-//! with acks. Each step is measured twice: at full load for its throughput, and one at a time
-//! for its latency.
+//! On a scratch database migrated by the services' own migrators, it runs the transactions the
+//! stack runs for a flow through the services' own code and batch sizes: the user service's
+//! `repository::create` (the user and its outbox row), the relay's claim-and-delete of outbox
+//! rows, and the three consumers' batches through the messaging crate's `apply_batch` (inbox
+//! rows, the handler's effect, outbox rows) with the services' handlers; the payment handler's
+//! first step (record the intents, charge the simulator) runs before its batch, as in the
+//! consumer. Each consumer step is fed the events the step before it wrote to the outbox. On a
+//! scratch durable queue it publishes persistent messages of those events with confirms, and
+//! consumes them with acks. Each step is measured twice: at full load for its throughput, and
+//! one at a time for its latency.
 //!
 //! The ceiling adds up what one flow costs: one user transaction, three relayed rows, one
 //! message through each consumer, and three messages through the broker, each cost the inverse
@@ -25,9 +26,10 @@ use std::{
 };
 
 use anyhow::Context;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Connection, ConnectionProperties,
+    message::Delivery,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -35,26 +37,32 @@ use lapin::{
     types::FieldTable,
 };
 use messaging::{
-    Envelope, EventContext, TraceParent, inbox, outbox,
+    Envelope, EventContext, Handler, Incoming, TraceParent,
+    consumer::{BatchMessage, Outcome, apply_batch, decode, take_ready},
+    outbox,
     topology::{
-        ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED, PAYMENT_SERVICE_ORDER_CREATED,
+        Consumes, ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED,
+        PAYMENT_SERVICE_ORDER_CREATED,
     },
 };
+use order_service::{
+    domain::{PriceList, price_list::DEFAULT_PRICES},
+    handlers::{PaymentProcessedHandler, UserCreatedHandler},
+};
 use payment_service::{
-    domain::{PaymentIntent, PaymentOutcome},
-    gateway::{ChargeRequest, Latency, PaymentGateway, SimulatedGateway},
-    repository,
+    gateway::{Latency, SimulatedGateway},
+    handlers::{ChargeSettings, OrderCreatedHandler},
 };
 use proto::{
-    order::v1::OrderCreated,
-    payment::v1::{PaymentProcessed, PaymentStatus},
-    user::v1::{Plan, UserCreated},
+    Event,
+    user::v1::{CreateUserRequest, UserCreated},
 };
 use serde_json::json;
 use sqlx::{
-    ConnectOptions, PgConnection, PgPool,
+    ConnectOptions, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
+use user_service::domain::{NewUser, Plan, User};
 use uuid::Uuid;
 
 /// Measure the machine's ceiling: the durable work of a flow, without the services.
@@ -145,10 +153,10 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
     eprintln!("ceiling: user transactions");
     let throughput = at_full_load(args.concurrency, span, |_| {
         let pool = pool.clone();
-        async move { user_tx(&pool).await.map(|()| 1) }
+        async move { create_user(&pool).await.map(|()| 1) }
     })
     .await?;
-    let latency = one_at_a_time(args.samples, || user_tx(&pool)).await?;
+    let latency = one_at_a_time(args.samples, || create_user(&pool)).await?;
     steps.push(Step {
         name: "user: user + outbox row",
         throughput,
@@ -164,12 +172,12 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
     fill_outbox(&pool, queued).await?;
     let throughput = at_full_load(3, span, |_| {
         let pool = pool.clone();
-        async move { relay_tx(&pool, batch).await }
+        async move { Ok(relay_pass(&pool, batch).await?.len() as u64) }
     })
     .await?;
     fill_outbox(&pool, args.samples).await?;
     let latency = one_at_a_time(args.samples, || async {
-        anyhow::ensure!(relay_tx(&pool, 1).await? == 1, "no outbox row left");
+        anyhow::ensure!(relay_pass(&pool, 1).await?.len() == 1, "no outbox row left");
         Ok(())
     })
     .await?;
@@ -181,23 +189,24 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         latency,
         hops: 3.0,
     });
+    // What the relay left is not the consumers' input; each consumer step reads what the step
+    // before it wrote.
+    let mut events = vec![user_created()];
+    drain(&pool).await?;
 
     eprintln!("ceiling: consumer batches");
-    let created = Arc::new(Mutex::new(VecDeque::new()));
+    let prices = PriceList::parse(DEFAULT_PRICES, "USD").map_err(anyhow::Error::msg)?;
+    let orders = UserCreatedHandler::new(Arc::new(prices));
+    let consumer = ORDER_SERVICE_USER_CREATED;
     let throughput = at_full_load(args.workers, span, |_| {
-        let (pool, created) = (pool.clone(), created.clone());
-        async move {
-            let orders = order_tx(&pool, batch).await?;
-            let made = orders.len() as u64;
-            created.lock().expect("not poisoned").extend(orders);
-            Ok(made)
-        }
+        let (pool, orders) = (&pool, &orders);
+        async move { consume(pool, consumer, orders, new_users(batch)?).await }
     })
     .await?;
     let latency = one_at_a_time(args.samples, || async {
-        let orders = order_tx(&pool, 1).await?;
-        created.lock().expect("not poisoned").extend(orders);
-        Ok(())
+        consume(&pool, consumer, &orders, new_users(1)?)
+            .await
+            .map(drop)
     })
     .await?;
     steps.push(Step {
@@ -209,85 +218,90 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         hops: 1.0,
     });
 
-    let paid = Arc::new(Mutex::new(VecDeque::new()));
-    let take = |from: &Arc<Mutex<VecDeque<Uuid>>>, n: usize| {
-        let mut from = from.lock().expect("not poisoned");
-        let n = n.min(from.len());
-        from.drain(..n).collect::<Vec<_>>()
-    };
-    // Orders kept back for the one-at-a-time runs, which follow the full-load ones.
-    let to_pay = Arc::new(Mutex::new(VecDeque::from(take(&created, args.samples))));
-    let throughput = at_full_load(args.workers, span, |_| {
-        let (pool, created, paid) = (pool.clone(), created.clone(), paid.clone());
-        async move {
-            let orders = take(&created, batch);
-            payment_tx(&pool, &orders).await?;
-            paid.lock().expect("not poisoned").extend(&orders);
-            Ok(orders.len() as u64)
-        }
-    })
+    let gateway = SimulatedGateway::new(pool.clone(), Latency::NONE);
+    let payments = OrderCreatedHandler::new(Arc::new(gateway), ChargeSettings::default());
+    let step = consumer_step(
+        args,
+        &pool,
+        PAYMENT_SERVICE_ORDER_CREATED,
+        &payments,
+        "payment: order_created batch",
+        &mut events,
+    )
     .await?;
-    let to_settle = Arc::new(Mutex::new(VecDeque::from(take(&paid, args.samples))));
-    let latency = one_at_a_time(args.samples, || async {
-        let orders = take(&to_pay, 1);
-        anyhow::ensure!(!orders.is_empty(), "no order left to pay");
-        payment_tx(&pool, &orders).await?;
-        to_settle.lock().expect("not poisoned").extend(&orders);
-        Ok(())
-    })
+    steps.push(step);
+    let step = consumer_step(
+        args,
+        &pool,
+        ORDER_SERVICE_PAYMENT_PROCESSED,
+        &PaymentProcessedHandler,
+        "order: payment_processed batch",
+        &mut events,
+    )
     .await?;
-    steps.push(Step {
-        name: "payment: order_created batch",
-        throughput,
-        unit: "msg",
-        per_flow: 1.0,
-        latency,
-        hops: 1.0,
-    });
-
-    let throughput = at_full_load(args.workers, span, |_| {
-        let (pool, paid) = (pool.clone(), paid.clone());
-        async move {
-            let orders = take(&paid, batch);
-            settle_tx(&pool, &orders).await?;
-            Ok(orders.len() as u64)
-        }
-    })
-    .await?;
-    let latency = one_at_a_time(args.samples, || async {
-        let orders = take(&to_settle, 1);
-        anyhow::ensure!(!orders.is_empty(), "no order left to settle");
-        settle_tx(&pool, &orders).await.map(drop)
-    })
-    .await?;
-    steps.push(Step {
-        name: "order: payment_processed batch",
-        throughput,
-        unit: "msg",
-        per_flow: 1.0,
-        latency,
-        hops: 1.0,
-    });
+    steps.push(step);
     pool.close().await;
 
     eprintln!("ceiling: RabbitMQ");
-    steps.push(broker(args, span).await?);
+    steps.push(broker(args, span, &events).await?);
     Ok(steps)
 }
 
-/// The messaging tables and the services' tables, from their migrations.
+/// The messaging tables and each service's tables, by the services' own migrators.
 async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    let migrators = [
-        messaging::migrator(),
-        sqlx::migrate!("../user/migrations"),
-        sqlx::migrate!("../order/migrations"),
-        sqlx::migrate!("../payment/migrations"),
-    ];
-    for mut migrator in migrators {
-        migrator.set_ignore_missing(true);
-        migrator.run(pool).await?;
+    for migrator in [
+        user_service::migrator(),
+        order_service::migrator(),
+        payment_service::migrator(),
+    ] {
+        service_kit::database::migrate(pool, migrator).await?;
     }
     Ok(())
+}
+
+/// A consumer step fed with what the step before it wrote to the outbox (taken out of it): at
+/// full load, `--samples` messages kept back for one at a time. The first event it reads joins
+/// `events`.
+async fn consumer_step<H: Handler>(
+    args: &CeilingArgs,
+    pool: &PgPool,
+    consumer: Consumes<H::Event>,
+    handler: &H,
+    name: &'static str,
+    events: &mut Vec<Envelope>,
+) -> anyhow::Result<Step> {
+    let written = drain(pool).await?;
+    events.extend(written.first().cloned());
+    let mut input = VecDeque::with_capacity(written.len());
+    for envelope in &written {
+        input.push_back(incoming::<H::Event>(envelope)?);
+    }
+    let alone = Mutex::new(VecDeque::from(
+        input
+            .drain(..args.samples.min(input.len()))
+            .collect::<Vec<_>>(),
+    ));
+    let input = Mutex::new(input);
+    let batch = args.batch.max(1);
+    let throughput = at_full_load(args.workers, Duration::from_secs(args.seconds), |_| {
+        let messages = take(&input, batch);
+        async move { consume(pool, consumer, handler, messages).await }
+    })
+    .await?;
+    let latency = one_at_a_time(args.samples, || async {
+        let messages = take(&alone, 1);
+        anyhow::ensure!(!messages.is_empty(), "no {} left", H::Event::TYPE_NAME);
+        consume(pool, consumer, handler, messages).await.map(drop)
+    })
+    .await?;
+    Ok(Step {
+        name,
+        throughput,
+        unit: "msg",
+        per_flow: 1.0,
+        latency,
+        hops: 1.0,
+    })
 }
 
 /// Runs `tasks` copies of `unit` in loops for `span`; the units they did per second. A unit
@@ -348,66 +362,57 @@ fn context() -> EventContext {
     }
 }
 
-fn now() -> prost_types::Timestamp {
-    prost_types::Timestamp::from(std::time::SystemTime::now())
-}
-
-fn user_created(user_id: Uuid) -> Envelope {
-    let event = UserCreated {
-        user_id: user_id.to_string(),
+/// The `user_created` of a new user, as the user service announces it.
+fn user_created() -> Envelope {
+    let user_id = Uuid::new_v4();
+    let user = User {
+        user_id,
         email: format!("ceiling-{user_id}@example.com"),
         name: "Ceiling Test".into(),
-        plan: Plan::Basic.into(),
-        create_time: Some(now()),
+        plan: Plan::Basic,
+        create_time: chrono::Utc::now(),
+        correlation_id: None,
     };
-    Envelope::new(&event, &context())
+    Envelope::new(&user.created_event(), &context())
 }
 
-fn order_created(order_id: Uuid, user_id: Uuid) -> Envelope {
-    let event = OrderCreated {
-        order_id: order_id.to_string(),
-        user_id: user_id.to_string(),
-        user_email: format!("ceiling-{user_id}@example.com"),
-        plan: Plan::Basic.into(),
-        amount_minor: 1900,
-        currency: "USD".into(),
-        create_time: Some(now()),
-    };
-    Envelope::new(&event, &context())
+/// `n` new users' `user_created`, as the order service's consumer receives them.
+fn new_users(n: usize) -> anyhow::Result<Vec<Incoming<UserCreated>>> {
+    (0..n).map(|_| incoming(&user_created())).collect()
 }
 
-fn payment_processed(payment_id: Uuid, order_id: Uuid) -> Envelope {
-    let event = PaymentProcessed {
-        payment_id: payment_id.to_string(),
-        order_id: order_id.to_string(),
-        user_id: Uuid::new_v4().to_string(),
-        status: PaymentStatus::Succeeded.into(),
-        decline_reason: String::new(),
-        amount_minor: 1900,
-        currency: "USD".into(),
-        process_time: Some(now()),
-    };
-    Envelope::new(&event, &context())
+/// An envelope through the consumer's decoding, as if the broker had delivered it.
+fn incoming<E: Event>(envelope: &Envelope) -> anyhow::Result<Incoming<E>> {
+    let mut delivery = Delivery::mock(
+        1,
+        "".into(),
+        envelope.routing_key.as_str().into(),
+        false,
+        envelope.payload.clone(),
+    );
+    delivery.properties = envelope.properties("loadgen");
+    Ok(decode(&delivery)?)
 }
 
-/// CreateUser's transaction: the user and its outbox row.
-async fn user_tx(pool: &PgPool) -> anyhow::Result<()> {
-    let user_id = Uuid::new_v4();
-    let mut tx = pool.begin().await?;
-    sqlx::query(
-        "insert into users (user_id, email, name, plan, request_id, correlation_id) \
-         values ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(user_id)
-    .bind(format!("ceiling-{user_id}@example.com"))
-    .bind("Ceiling Test")
-    .bind("basic")
-    .bind(Uuid::new_v4())
-    .bind(Uuid::new_v4().to_string())
-    .execute(&mut *tx)
-    .await?;
-    outbox::enqueue(&mut tx, &user_created(user_id)).await?;
-    tx.commit().await?;
+/// Up to `n` items from the front of `from`.
+fn take<T>(from: &Mutex<VecDeque<T>>, n: usize) -> Vec<T> {
+    let mut from = from.lock().expect("not poisoned");
+    let n = n.min(from.len());
+    from.drain(..n).collect()
+}
+
+/// CreateUser's transaction, by the user service's repository: the user and its outbox row.
+async fn create_user(pool: &PgPool) -> anyhow::Result<()> {
+    let request_id = Uuid::new_v4();
+    let request = CreateUserRequest {
+        email: format!("ceiling-{request_id}@example.com"),
+        name: "Ceiling Test".into(),
+        plan: proto::user::v1::Plan::Basic.into(),
+        request_id: request_id.to_string(),
+    };
+    let new_user = NewUser::parse(&request)
+        .map_err(|violations| anyhow::anyhow!("invalid user: {violations:?}"))?;
+    user_service::repository::create(pool, &new_user, &context()).await?;
     Ok(())
 }
 
@@ -415,9 +420,7 @@ async fn user_tx(pool: &PgPool) -> anyhow::Result<()> {
 async fn fill_outbox(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
     let mut left = rows;
     while left > 0 {
-        let chunk: Vec<Envelope> = (0..left.min(1000))
-            .map(|_| user_created(Uuid::new_v4()))
-            .collect();
+        let chunk: Vec<Envelope> = (0..left.min(1000)).map(|_| user_created()).collect();
         left -= chunk.len();
         let mut connection = pool.acquire().await?;
         outbox::enqueue_all(&mut connection, &chunk).await?;
@@ -425,133 +428,66 @@ async fn fill_outbox(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The relay's transaction, without the publish: claim due rows, delete them.
-async fn relay_tx(pool: &PgPool, batch: usize) -> anyhow::Result<u64> {
+/// The relay's transaction, without the publish: claim due rows, remove them. Returns them.
+async fn relay_pass(pool: &PgPool, batch: usize) -> anyhow::Result<Vec<Envelope>> {
     let mut tx = pool.begin().await?;
     let claimed = outbox::claim_due(&mut tx, batch).await?;
     let ids: Vec<Uuid> = claimed.iter().map(|row| row.message_id).collect();
-    sqlx::query("delete from outbox where message_id = any($1)")
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+    outbox::remove(&mut tx, &ids).await?;
     tx.commit().await?;
-    Ok(ids.len() as u64)
+    Ok(claimed)
 }
 
-/// The inbox rows of a batch of `n` fresh messages.
-async fn inbox_rows(tx: &mut PgConnection, consumer: &str, n: usize) -> anyhow::Result<()> {
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
-    inbox::record_all(tx, consumer, &ids).await?;
-    Ok(())
-}
-
-/// The order service's user_created batch: inbox rows, one order per message, outbox rows.
-async fn order_tx(pool: &PgPool, batch: usize) -> anyhow::Result<Vec<Uuid>> {
-    let mut tx = pool.begin().await?;
-    inbox_rows(&mut tx, ORDER_SERVICE_USER_CREATED.consumer, batch).await?;
-    let mut orders = Vec::with_capacity(batch);
-    let mut caused = Vec::with_capacity(batch);
-    for _ in 0..batch {
-        let (order_id, user_id) = (Uuid::now_v7(), Uuid::new_v4());
-        sqlx::query(
-            "insert into orders (order_id, user_id, user_email, plan, amount_minor, currency, status) \
-             values ($1, $2, $3, 'basic', 1900, 'USD', 'pending_payment') \
-             on conflict (user_id) do nothing \
-             returning order_id",
-        )
-        .bind(order_id)
-        .bind(user_id)
-        .bind(format!("ceiling-{user_id}@example.com"))
-        .execute(&mut *tx)
-        .await?;
-        orders.push(order_id);
-        caused.push(order_created(order_id, user_id));
+/// Everything in the outbox, taken out of it.
+async fn drain(pool: &PgPool) -> anyhow::Result<Vec<Envelope>> {
+    let mut drained = Vec::new();
+    loop {
+        let rows = relay_pass(pool, 1000).await?;
+        if rows.is_empty() {
+            return Ok(drained);
+        }
+        drained.extend(rows);
     }
-    outbox::enqueue_all(&mut tx, &caused).await?;
-    tx.commit().await?;
-    Ok(orders)
 }
 
-/// The payment service's order_created batch, with the service's own statements: the intents
-/// recorded in one statement, a charge through the simulator (its own statement) for each, then
-/// one transaction with the inbox rows, each outcome and the outbox rows.
-async fn payment_tx(pool: &PgPool, orders: &[Uuid]) -> anyhow::Result<u64> {
-    if orders.is_empty() {
+/// One consumer batch, the way the consumer applies it: the handler's first step outside the
+/// transaction, then `apply_batch`. Every message must be applied (none a duplicate).
+async fn consume<H: Handler>(
+    pool: &PgPool,
+    consumer: Consumes<H::Event>,
+    handler: &H,
+    messages: Vec<Incoming<H::Event>>,
+) -> anyhow::Result<u64> {
+    if messages.is_empty() {
         return Ok(0);
     }
-    let intents: Vec<_> = orders
+    let refs: Vec<_> = messages.iter().collect();
+    let prepared = handler
+        .prepare(pool, &refs)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let batch: Vec<_> = messages
         .iter()
-        .map(|&order_id| PaymentIntent {
-            order_id,
-            user_id: Uuid::new_v4(),
-            amount_minor: 1900,
-            currency: "USD".into(),
+        .zip(&prepared)
+        .map(|(message, prepared)| BatchMessage {
+            message,
+            prepared,
+            span: tracing::Span::none(),
         })
         .collect();
-    let payments = repository::record_intents(pool, &intents).await?;
-    let gateway = SimulatedGateway::new(pool.clone(), Latency::NONE);
-    let requests: Vec<_> = payments
-        .iter()
-        .map(|payment| ChargeRequest {
-            idempotency_key: payment.order_id,
-            order_id: payment.order_id,
-            customer_email: "ceiling@example.com".into(),
-            amount_minor: payment.amount_minor,
-            currency: payment.currency.clone(),
-        })
-        .collect();
-    let charges = requests.iter().map(|request| gateway.charge(request));
-    for charged in futures_util::future::join_all(charges).await {
-        charged?;
-    }
-    let mut tx = pool.begin().await?;
-    inbox_rows(
-        &mut tx,
-        PAYMENT_SERVICE_ORDER_CREATED.consumer,
-        orders.len(),
-    )
-    .await?;
-    let mut caused = Vec::with_capacity(orders.len());
-    for &order_id in orders {
-        let payment = repository::record_outcome(&mut tx, order_id, &PaymentOutcome::Succeeded)
-            .await?
-            .context("the payment was processing")?;
-        caused.push(Envelope::new(&payment.processed_event(), &context()));
-    }
-    outbox::enqueue_all(&mut tx, &caused).await?;
-    tx.commit().await?;
-    Ok(orders.len() as u64)
-}
-
-/// The order service's payment_processed batch: inbox rows, one settled order per message.
-async fn settle_tx(pool: &PgPool, orders: &[Uuid]) -> anyhow::Result<u64> {
-    if orders.is_empty() {
-        return Ok(0);
-    }
-    let mut tx = pool.begin().await?;
-    inbox_rows(
-        &mut tx,
-        ORDER_SERVICE_PAYMENT_PROCESSED.consumer,
-        orders.len(),
-    )
-    .await?;
-    for &order_id in orders {
-        sqlx::query(
-            "update orders set status = 'paid', update_time = now() \
-             where order_id = $1 and status = 'pending_payment' returning order_id",
-        )
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(orders.len() as u64)
+    let outcomes = apply_batch(pool, consumer.consumer, handler, &batch).await?;
+    anyhow::ensure!(
+        outcomes.iter().all(|outcome| *outcome == Outcome::Applied),
+        "a message of the batch was a duplicate"
+    );
+    Ok(outcomes.len() as u64)
 }
 
 /// Persistent messages of the events' sizes through a durable queue: three publishers (one
 /// relay per service) publishing batches with confirms, `workers` consumers acking each batch
 /// with one `multiple` ack; then one message at a time, publish to delivery.
-async fn broker(args: &CeilingArgs, span: Duration) -> anyhow::Result<Step> {
+async fn broker(args: &CeilingArgs, span: Duration, events: &[Envelope]) -> anyhow::Result<Step> {
     let amqp = Connection::connect(&args.broker.amqp_url, ConnectionProperties::default())
         .await
         .context("cannot reach RabbitMQ")?;
@@ -567,7 +503,7 @@ async fn broker(args: &CeilingArgs, span: Duration) -> anyhow::Result<Step> {
             FieldTable::default(),
         )
         .await?;
-    let measured = broker_steps(args, &amqp, &queue, span).await;
+    let measured = broker_steps(args, &amqp, &queue, span, events).await;
     setup
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
@@ -583,20 +519,12 @@ async fn broker(args: &CeilingArgs, span: Duration) -> anyhow::Result<Step> {
     })
 }
 
-/// Messages of the three events, in turn, with their AMQP properties.
-fn messages() -> Vec<(Vec<u8>, BasicProperties)> {
-    let (order_id, user_id) = (Uuid::now_v7(), Uuid::new_v4());
-    [
-        user_created(user_id),
-        order_created(order_id, user_id),
-        payment_processed(Uuid::now_v7(), order_id),
-    ]
-    .into_iter()
-    .map(|envelope| {
-        let properties = envelope.properties("loadgen");
-        (envelope.payload, properties)
-    })
-    .collect()
+/// The flow's events (one of each, as the services wrote them), with their AMQP properties.
+fn messages(events: &[Envelope]) -> Vec<(Vec<u8>, BasicProperties)> {
+    events
+        .iter()
+        .map(|envelope| (envelope.payload.clone(), envelope.properties("loadgen")))
+        .collect()
 }
 
 async fn broker_steps(
@@ -604,8 +532,10 @@ async fn broker_steps(
     amqp: &Connection,
     queue: &str,
     span: Duration,
+    events: &[Envelope],
 ) -> anyhow::Result<(f64, Duration)> {
-    let messages = Arc::new(messages());
+    anyhow::ensure!(!events.is_empty(), "no event to publish");
+    let messages = Arc::new(messages(events));
     let batch = args.batch.max(1);
 
     // Consumers count what they acked until told to stop.
@@ -630,21 +560,21 @@ async fn broker_steps(
                     _ = stop.cancelled() => return,
                     next = deliveries.next() => next,
                 };
-                let Some(Ok(mut last)) = first else { return };
-                let mut n = 1;
-                while n < batch {
-                    match deliveries.next().now_or_never() {
-                        Some(Some(Ok(delivery))) => {
-                            last = delivery;
-                            n += 1;
-                        }
-                        _ => break,
-                    }
-                }
+                let Some(Ok(first)) = first else { return };
+                // As the consumer batches: what the broker has already pushed, acked at once.
+                let mut received = vec![first];
+                let ended = take_ready(&mut deliveries, &mut received, batch);
+                let n = received.len();
+                let Some(last) = received.pop() else {
+                    return;
+                };
                 if last.ack(BasicAckOptions { multiple: n > 1 }).await.is_err() {
                     return;
                 }
                 consumed.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if ended.is_some() {
+                    return;
+                }
             }
         }));
     }

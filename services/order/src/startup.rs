@@ -20,7 +20,7 @@ pub const GRPC_SERVICE: &str = "order.v1.OrderService";
 pub async fn build(settings: &Settings, prices: PriceList) -> anyhow::Result<Application> {
     let runtime = ServiceRuntime::start(
         settings,
-        sqlx::migrate!(),
+        crate::migrator(),
         GRPC_SERVICE,
         &[
             ORDER_SERVICE_USER_CREATED.subscription(),

@@ -38,7 +38,7 @@ pub async fn build_with_gateway<G: PaymentGateway>(
 ) -> anyhow::Result<Application> {
     let runtime = ServiceRuntime::start(
         settings,
-        sqlx::migrate!(),
+        crate::migrator(),
         GRPC_SERVICE,
         &[PAYMENT_SERVICE_ORDER_CREATED.subscription()],
     )

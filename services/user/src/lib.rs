@@ -8,3 +8,9 @@ pub mod settings;
 pub mod startup;
 
 pub use startup::build;
+
+/// The service's own tables, applied after the messaging tables (see
+/// `service_kit::database::migrate`).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate!()
+}

@@ -10,7 +10,7 @@ pub const GRPC_SERVICE: &str = "user.v1.UserService";
 
 /// Migrates the database, connects the bus, starts the outbox relay and binds the listener.
 pub async fn build(settings: &Settings) -> anyhow::Result<Application> {
-    let runtime = ServiceRuntime::start(settings, sqlx::migrate!(), GRPC_SERVICE, &[]).await?;
+    let runtime = ServiceRuntime::start(settings, crate::migrator(), GRPC_SERVICE, &[]).await?;
     let api = UserApi::new(runtime.pool.clone());
     let gate = runtime.database_gate();
     Ok(runtime.into_application(move |routes| {

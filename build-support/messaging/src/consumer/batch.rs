@@ -7,15 +7,12 @@ use proto::Event;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{EventConsumer, Handler, HandlerError, Incoming, settle::Unsettled};
-use crate::{inbox, outbox, publisher::Publisher};
-
-/// What became of one delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Outcome {
-    Applied,
-    Duplicate,
-}
+use super::{
+    EventConsumer, Handler, HandlerError, Incoming,
+    apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
+    settle::Unsettled,
+};
+use crate::publisher::Publisher;
 
 /// A decoded delivery on its way through a batch.
 pub(super) struct Pending<E, P> {
@@ -43,22 +40,6 @@ impl<E> Pending<E, ()> {
 
 /// A delivery of `H`'s batch with what its first step prepared.
 pub(super) type Item<H> = Pending<<H as Handler>::Event, <H as Handler>::Prepared>;
-
-/// Why a batch did not commit: the handler failed on the message at index `at`, or (`None`) the
-/// batch as a whole failed (its begin, inbox, outbox or commit).
-pub(super) struct BatchFailure {
-    at: Option<usize>,
-    error: HandlerError,
-}
-
-impl From<sqlx::Error> for BatchFailure {
-    fn from(error: sqlx::Error) -> Self {
-        Self {
-            at: None,
-            error: error.into(),
-        }
-    }
-}
 
 impl<H: Handler> EventConsumer<H> {
     /// Applies a batch in one transaction and acks it after the commit. A message the handler
@@ -157,35 +138,18 @@ impl<H: Handler> EventConsumer<H> {
         }
     }
 
-    /// One transaction for the batch: its inbox rows in one insert, each new message's effect,
-    /// and the outbox rows of everything they caused in one insert. Duplicates (already in the
-    /// inbox, or twice in the batch) are skipped.
+    /// Applies the batch in one transaction (see [`apply_batch`]), each handler call in its
+    /// message's span.
     pub(super) async fn apply(&self, batch: &[Item<H>]) -> Result<Vec<Outcome>, BatchFailure> {
-        let mut tx = self.pool.begin().await?;
-        let ids: Vec<Uuid> = batch.iter().map(|p| p.message.message_id).collect();
-        let mut fresh = inbox::record_all(&mut tx, self.name, &ids).await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut caused = Vec::new();
-        for (at, pending) in batch.iter().enumerate() {
-            if !fresh.remove(&pending.message.message_id) {
-                outcomes.push(Outcome::Duplicate);
-                continue;
-            }
-            let events = self
-                .handler
-                .handle(&mut tx, &pending.message, &pending.prepared)
-                .instrument(pending.span.clone())
-                .await
-                .map_err(|error| BatchFailure {
-                    at: Some(at),
-                    error,
-                })?;
-            caused.extend(events);
-            outcomes.push(Outcome::Applied);
-        }
-        outbox::enqueue_all(&mut tx, &caused).await?;
-        tx.commit().await?;
-        Ok(outcomes)
+        let messages: Vec<_> = batch
+            .iter()
+            .map(|pending| BatchMessage {
+                message: &pending.message,
+                prepared: &pending.prepared,
+                span: pending.span.clone(),
+            })
+            .collect();
+        apply_batch(&self.pool, self.name, &*self.handler, &messages).await
     }
 }
 

@@ -25,14 +25,16 @@
 //! through attempts, and resumes when the gate opens.
 
 mod admit;
+mod apply;
 mod batch;
 mod failures;
 mod handler;
+mod ready;
 mod settle;
 
 use std::{sync::Arc, time::Duration};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{BasicConsumeOptions, BasicQosOptions},
@@ -44,13 +46,15 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use self::{
+    apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
+    handler::{Handler, HandlerError, parse_id},
+    ready::take_ready,
+    settle::Unsettled,
+};
 use self::{
     batch::{Item, Pending},
     settle::close,
-};
-pub use self::{
-    handler::{Handler, HandlerError, parse_id},
-    settle::Unsettled,
 };
 pub use crate::envelope::{DecodeError, Incoming, MAX_PAYLOAD_BYTES, decode};
 use crate::{
@@ -268,17 +272,7 @@ impl<H: Handler> EventConsumer<H> {
                     None => anyhow::bail!("the broker cancelled the consumer"),
                 }
                 // What the broker has already pushed joins the batch; nothing waits for more.
-                let mut ended = None;
-                while ended.is_none() && batch.len() < self.tuning.batch_size {
-                    match deliveries.next().now_or_never() {
-                        Some(Some(Ok(delivery))) => batch.push(delivery),
-                        Some(Some(Err(error))) => ended = Some(anyhow::Error::from(error)),
-                        Some(None) => {
-                            ended = Some(anyhow::anyhow!("the broker cancelled the consumer"))
-                        }
-                        None => break,
-                    }
-                }
+                let ended = take_ready(&mut deliveries, &mut batch, self.tuning.batch_size);
                 let processing = self.process(std::mem::take(&mut batch), &connected.publisher);
                 if tokio::time::timeout(BATCH_TIMEOUT, processing)
                     .await
