@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use service_kit::{
-    pagination::PageToken,
+    pagination::{self, PageToken},
     repository::{CorruptRow, RepositoryError},
 };
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::{NewOrder, Order, OrderStatus, plan_from_db, plan_to_db};
@@ -124,17 +124,9 @@ pub async fn list_for_user(
     after: Option<PageToken>,
     limit: i64,
 ) -> Result<Vec<Order>, RepositoryError> {
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from orders \
-         where user_id = $1 and ($2::timestamptz is null or (create_time, order_id) > ($2, $3)) \
-         order by create_time, order_id \
-         limit $4"
-    ))
-    .bind(user_id)
-    .bind(after.map(|token| token.create_time))
-    .bind(after.map(|token| token.id))
-    .bind(limit)
-    .fetch_all(executor)
-    .await?;
+    let mut query = QueryBuilder::new(format!("select {COLUMNS} from orders where user_id = "));
+    query.push_bind(user_id);
+    pagination::push_keyset_page(&mut query, "order_id", after, limit);
+    let rows: Vec<OrderRow> = query.build_query_as().fetch_all(executor).await?;
     convert(rows)
 }

@@ -1,8 +1,12 @@
 //! The `users` table. A user and its `user_created` event are written in one transaction.
 
 use messaging::{Envelope, EventContext, outbox};
-use service_kit::{ApiError, error::Violation, pagination::PageToken};
-use sqlx::{PgExecutor, PgPool};
+use service_kit::{
+    ApiError,
+    error::Violation,
+    pagination::{self, PageToken},
+};
+use sqlx::{PgExecutor, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::{NewUser, Plan, User};
@@ -161,20 +165,11 @@ pub async fn list_by_correlation_id(
     after: Option<PageToken>,
     limit: i64,
 ) -> Result<Vec<User>, ApiError> {
-    sqlx::query_as::<_, UserRow>(&format!(
-        "select {COLUMNS} from users \
-         where correlation_id = $1 \
-           and ($2::timestamptz is null or (create_time, user_id) > ($2, $3)) \
-         order by create_time, user_id \
-         limit $4"
-    ))
-    .bind(correlation_id)
-    .bind(after.map(|token| token.create_time))
-    .bind(after.map(|token| token.id))
-    .bind(limit)
-    .fetch_all(executor)
-    .await?
-    .into_iter()
-    .map(User::try_from)
-    .collect()
+    let mut query = QueryBuilder::new(format!(
+        "select {COLUMNS} from users where correlation_id = "
+    ));
+    query.push_bind(correlation_id);
+    pagination::push_keyset_page(&mut query, "user_id", after, limit);
+    let rows: Vec<UserRow> = query.build_query_as().fetch_all(executor).await?;
+    rows.into_iter().map(User::try_from).collect()
 }
