@@ -13,7 +13,10 @@ use service_kit::{
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::{domain::NewUser, repository};
+use crate::{
+    domain::NewUser,
+    repository::{self, CreateUserError},
+};
 
 /// The gRPC service over the users database.
 #[derive(Debug, Clone)]
@@ -37,7 +40,9 @@ impl UserService for UserApi {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = NewUser::parse(request.get_ref()).map_err(ApiError::InvalidArgument)?;
-        let user = repository::create(&self.pool, &new_user, &context).await?;
+        let user = repository::create(&self.pool, &new_user, &context)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),
         }))
@@ -51,7 +56,8 @@ impl UserService for UserApi {
         let user_id = text_field::uuid("user_id", &request.get_ref().user_id)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         let user = repository::find(&self.pool, user_id)
-            .await?
+            .await
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound(format!("no user with id {user_id}")))?;
         Ok(Response::new(GetUserResponse {
             user: Some(user.into()),
@@ -87,7 +93,8 @@ impl UserService for UserApi {
             page.after,
             page.size + 1,
         )
-        .await?;
+        .await
+        .map_err(ApiError::from)?;
         let (users, next_page_token) = pagination::paginate(rows, page.size, |user| PageToken {
             create_time: user.create_time,
             id: user.user_id,
@@ -96,5 +103,19 @@ impl UserService for UserApi {
             users: users.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+impl From<CreateUserError> for ApiError {
+    fn from(error: CreateUserError) -> Self {
+        match error {
+            CreateUserError::EmailTaken => Self::AlreadyExists(error.to_string()),
+            CreateUserError::RequestIdReused => Self::InvalidArgument(vec![Violation::new(
+                "request_id",
+                "was already used for a different request; \
+                 send a new request_id with a new request",
+            )]),
+            CreateUserError::Repository(error) => error.into(),
+        }
     }
 }
