@@ -8,7 +8,10 @@ use service_kit::{
 use sqlx::{PgExecutor, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::{NewUser, Plan, User};
+use crate::{
+    domain::{NewUser, Plan, User},
+    wire,
+};
 
 /// The unique index on `lower(email)`.
 const EMAIL_KEY: &str = "users_email_key";
@@ -118,7 +121,7 @@ pub async fn create(
         Err(error) => return Err(error.into()),
     };
 
-    outbox::enqueue(&mut tx, &Envelope::new(&user.created_event(), context)).await?;
+    outbox::enqueue(&mut tx, &Envelope::new(&wire::user_created(&user), context)).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "user created");
     Ok(user)
