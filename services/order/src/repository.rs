@@ -8,7 +8,7 @@ use service_kit::{
 use sqlx::{PgExecutor, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, Order, OrderStatus, plan_from_db, plan_to_db};
+use crate::domain::{NewOrder, Order, OrderStatus, Plan};
 
 const COLUMNS: &str = "order_id, user_id, user_email, plan, amount_minor, currency, status, \
                        create_time, update_time";
@@ -36,7 +36,7 @@ impl TryFrom<OrderRow> for Order {
             column,
             value: value.to_owned(),
         };
-        let plan = plan_from_db(&row.plan).ok_or_else(|| corrupt("plan", &row.plan))?;
+        let plan = Plan::from_db(&row.plan).ok_or_else(|| corrupt("plan", &row.plan))?;
         let status =
             OrderStatus::from_db(&row.status).ok_or_else(|| corrupt("status", &row.status))?;
         Ok(Self {
@@ -75,7 +75,7 @@ pub async fn insert(
     .bind(Uuid::now_v7())
     .bind(new_order.user_id)
     .bind(&new_order.user_email)
-    .bind(plan_to_db(new_order.plan))
+    .bind(new_order.plan.as_str())
     .bind(new_order.price.amount_minor)
     .bind(&new_order.price.currency)
     .bind(OrderStatus::PendingPayment.as_str())
