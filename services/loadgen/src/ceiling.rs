@@ -43,7 +43,7 @@ use messaging::{
 use payment_service::{
     domain::{PaymentIntent, PaymentOutcome},
     gateway::{ChargeRequest, Latency, PaymentGateway, SimulatedGateway},
-    repository,
+    repository, wire,
 };
 use proto::{
     order::v1::OrderCreated,
@@ -516,7 +516,10 @@ async fn payment_tx(pool: &PgPool, orders: &[Uuid]) -> anyhow::Result<u64> {
         let payment = repository::record_outcome(&mut tx, order_id, &PaymentOutcome::Succeeded)
             .await?
             .context("the payment was processing")?;
-        caused.push(Envelope::new(&payment.processed_event(), &context()));
+        caused.push(Envelope::new(
+            &wire::payment_processed(&payment),
+            &context(),
+        ));
     }
     outbox::enqueue_all(&mut tx, &caused).await?;
     tx.commit().await?;
