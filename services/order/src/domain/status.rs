@@ -9,8 +9,7 @@ pub enum OrderStatus {
 }
 
 impl OrderStatus {
-    /// Every status.
-    pub const ALL: [Self; 3] = [Self::PendingPayment, Self::Paid, Self::PaymentDeclined];
+    const ALL: [Self; 3] = [Self::PendingPayment, Self::Paid, Self::PaymentDeclined];
 
     /// The value stored in `orders.status`.
     pub fn as_str(self) -> &'static str {
