@@ -1,7 +1,8 @@
-//! AIP-158 pagination: page sizes and opaque page tokens for keyset paging over
-//! `(create_time, id)`.
+//! AIP-158 pagination: page sizes, opaque page tokens and the keyset query over
+//! `(create_time, id)` that every list call runs.
 
 use chrono::{DateTime, Utc};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::error::Violation;
@@ -107,6 +108,26 @@ pub fn paginate<T>(
     }
 }
 
+/// Ends a list query whose `where` clause is open: keeps the rows after `after` in
+/// `(create_time, id_column)` order, oldest first, and at most `limit` of them. `id_column` is
+/// the table's id, written by the caller, never taken from a request.
+pub fn push_keyset_page(
+    query: &mut QueryBuilder<'_, Postgres>,
+    id_column: &'static str,
+    after: Option<PageToken>,
+    limit: i64,
+) {
+    if let Some(after) = after {
+        query.push(format_args!(" and (create_time, {id_column}) > ("));
+        query.push_bind(after.create_time);
+        query.push(", ");
+        query.push_bind(after.id);
+        query.push(")");
+    }
+    query.push(format_args!(" order by create_time, {id_column} limit "));
+    query.push_bind(limit);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,5 +185,31 @@ mod tests {
         let (page, next) = paginate(ids.clone(), 3, key);
         assert_eq!(page.len(), 3);
         assert!(next.is_empty());
+    }
+
+    #[test]
+    fn the_first_page_has_no_keyset_condition() {
+        let mut query = QueryBuilder::new("select id from t where owner = ");
+        query.push_bind(Uuid::nil());
+        push_keyset_page(&mut query, "t_id", None, 11);
+        assert_eq!(
+            query.sql(),
+            "select id from t where owner = $1 order by create_time, t_id limit $2"
+        );
+    }
+
+    #[test]
+    fn a_later_page_starts_after_its_token() {
+        let after = PageToken {
+            create_time: DateTime::from_timestamp_micros(1).expect("valid"),
+            id: Uuid::nil(),
+        };
+        let mut query = QueryBuilder::new("select id from t where true");
+        push_keyset_page(&mut query, "t_id", Some(after), 11);
+        assert_eq!(
+            query.sql(),
+            "select id from t where true and (create_time, t_id) > ($1, $2) \
+             order by create_time, t_id limit $3"
+        );
     }
 }

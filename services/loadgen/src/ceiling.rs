@@ -53,10 +53,7 @@ use payment_service::{
     gateway::{Latency, SimulatedGateway},
     handlers::{ChargeSettings, OrderCreatedHandler},
 };
-use proto::{
-    Event,
-    user::v1::{CreateUserRequest, UserCreated},
-};
+use proto::{Event, user::v1::UserCreated};
 use serde_json::json;
 use sqlx::{
     ConnectOptions, PgPool,
@@ -373,7 +370,7 @@ fn user_created() -> Envelope {
         create_time: chrono::Utc::now(),
         correlation_id: None,
     };
-    Envelope::new(&user.created_event(), &context())
+    Envelope::new(&user_service::wire::user_created(&user), &context())
 }
 
 /// `n` new users' `user_created`, as the order service's consumer receives them.
@@ -404,14 +401,13 @@ fn take<T>(from: &Mutex<VecDeque<T>>, n: usize) -> Vec<T> {
 /// CreateUser's transaction, by the user service's repository: the user and its outbox row.
 async fn create_user(pool: &PgPool) -> anyhow::Result<()> {
     let request_id = Uuid::new_v4();
-    let request = CreateUserRequest {
-        email: format!("ceiling-{request_id}@example.com"),
-        name: "Ceiling Test".into(),
-        plan: proto::user::v1::Plan::Basic.into(),
-        request_id: request_id.to_string(),
-    };
-    let new_user = NewUser::parse(&request)
-        .map_err(|violations| anyhow::anyhow!("invalid user: {violations:?}"))?;
+    let new_user = NewUser::parse(
+        &format!("ceiling-{request_id}@example.com"),
+        "Ceiling Test",
+        Plan::Basic,
+        &request_id.to_string(),
+    )
+    .map_err(|violations| anyhow::anyhow!("invalid user: {violations:?}"))?;
     user_service::repository::create(pool, &new_user, &context()).await?;
     Ok(())
 }

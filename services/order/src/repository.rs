@@ -2,13 +2,13 @@
 
 use chrono::{DateTime, Utc};
 use service_kit::{
-    pagination::PageToken,
+    pagination::{self, PageToken},
     repository::{CorruptRow, RepositoryError},
 };
-use sqlx::PgExecutor;
+use sqlx::{PgExecutor, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::{NewOrder, Order, OrderStatus, plan_from_db, plan_to_db};
+use crate::domain::{NewOrder, Order, OrderStatus, Plan};
 
 const COLUMNS: &str = "order_id, user_id, user_email, plan, amount_minor, currency, status, \
                        create_time, update_time";
@@ -36,7 +36,7 @@ impl TryFrom<OrderRow> for Order {
             column,
             value: value.to_owned(),
         };
-        let plan = plan_from_db(&row.plan).ok_or_else(|| corrupt("plan", &row.plan))?;
+        let plan = Plan::from_db(&row.plan).ok_or_else(|| corrupt("plan", &row.plan))?;
         let status =
             OrderStatus::from_db(&row.status).ok_or_else(|| corrupt("status", &row.status))?;
         Ok(Self {
@@ -75,7 +75,7 @@ pub async fn insert(
     .bind(Uuid::now_v7())
     .bind(new_order.user_id)
     .bind(&new_order.user_email)
-    .bind(plan_to_db(new_order.plan))
+    .bind(new_order.plan.as_str())
     .bind(new_order.price.amount_minor)
     .bind(&new_order.price.currency)
     .bind(OrderStatus::PendingPayment.as_str())
@@ -124,17 +124,9 @@ pub async fn list_for_user(
     after: Option<PageToken>,
     limit: i64,
 ) -> Result<Vec<Order>, RepositoryError> {
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from orders \
-         where user_id = $1 and ($2::timestamptz is null or (create_time, order_id) > ($2, $3)) \
-         order by create_time, order_id \
-         limit $4"
-    ))
-    .bind(user_id)
-    .bind(after.map(|token| token.create_time))
-    .bind(after.map(|token| token.id))
-    .bind(limit)
-    .fetch_all(executor)
-    .await?;
+    let mut query = QueryBuilder::new(format!("select {COLUMNS} from orders where user_id = "));
+    query.push_bind(user_id);
+    pagination::push_keyset_page(&mut query, "order_id", after, limit);
+    let rows: Vec<OrderRow> = query.build_query_as().fetch_all(executor).await?;
     convert(rows)
 }

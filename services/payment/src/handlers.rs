@@ -32,7 +32,7 @@ use uuid::Uuid;
 use crate::{
     domain::{Payment, PaymentIntent, PaymentOutcome, PaymentStatus},
     gateway::{ChargeOutcome, ChargeRequest, GatewayError, PaymentGateway},
-    repository,
+    repository, wire,
 };
 
 /// How the service calls its gateway.
@@ -208,7 +208,7 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
         };
         tracing::info!(payment_id = %payment.payment_id, status = payment.status.as_str(), "payment processed");
         Ok(vec![Envelope::new(
-            &payment.processed_event(),
+            &wire::payment_processed(&payment),
             &message.caused_context(),
         )])
     }

@@ -8,6 +8,7 @@ pub mod handlers;
 pub mod repository;
 pub mod settings;
 pub mod startup;
+pub mod wire;
 
 pub use startup::build;
 

@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use service_kit::{
-    pagination::PageToken,
+    pagination::{self, PageToken},
     repository::{CorruptRow, RepositoryError},
 };
-use sqlx::{PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool, QueryBuilder};
 use uuid::Uuid;
 
 use crate::domain::{Payment, PaymentIntent, PaymentOutcome, PaymentStatus};
@@ -153,21 +153,15 @@ pub async fn list(
     after: Option<PageToken>,
     limit: i64,
 ) -> Result<Vec<Payment>, RepositoryError> {
-    let rows: Vec<PaymentRow> = sqlx::query_as(&format!(
-        "select {COLUMNS} from payments \
-         where ($1::uuid is null or user_id = $1) \
-           and ($2::uuid is null or order_id = $2) \
-           and ($3::timestamptz is null or (create_time, payment_id) > ($3, $4)) \
-         order by create_time, payment_id \
-         limit $5"
-    ))
-    .bind(filter.user_id)
-    .bind(filter.order_id)
-    .bind(after.map(|token| token.create_time))
-    .bind(after.map(|token| token.id))
-    .bind(limit)
-    .fetch_all(executor)
-    .await?;
+    let mut query = QueryBuilder::new(format!("select {COLUMNS} from payments where true"));
+    if let Some(user_id) = filter.user_id {
+        query.push(" and user_id = ").push_bind(user_id);
+    }
+    if let Some(order_id) = filter.order_id {
+        query.push(" and order_id = ").push_bind(order_id);
+    }
+    pagination::push_keyset_page(&mut query, "payment_id", after, limit);
+    let rows: Vec<PaymentRow> = query.build_query_as().fetch_all(executor).await?;
     Ok(rows
         .into_iter()
         .map(Payment::try_from)

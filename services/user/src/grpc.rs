@@ -13,7 +13,11 @@ use service_kit::{
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::{domain::NewUser, repository};
+use crate::{
+    domain::{NewUser, Plan},
+    repository::{self, CreateUserError},
+    wire,
+};
 
 /// The gRPC service over the users database.
 #[derive(Debug, Clone)]
@@ -36,8 +40,10 @@ impl UserService for UserApi {
     ) -> Result<Response<CreateUserResponse>, Status> {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
-        let new_user = NewUser::parse(request.get_ref()).map_err(ApiError::InvalidArgument)?;
-        let user = repository::create(&self.pool, &new_user, &context).await?;
+        let new_user = new_user(request.get_ref()).map_err(ApiError::InvalidArgument)?;
+        let user = repository::create(&self.pool, &new_user, &context)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),
         }))
@@ -51,7 +57,8 @@ impl UserService for UserApi {
         let user_id = text_field::uuid("user_id", &request.get_ref().user_id)
             .map_err(|violation| ApiError::InvalidArgument(vec![violation]))?;
         let user = repository::find(&self.pool, user_id)
-            .await?
+            .await
+            .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::NotFound(format!("no user with id {user_id}")))?;
         Ok(Response::new(GetUserResponse {
             user: Some(user.into()),
@@ -87,7 +94,8 @@ impl UserService for UserApi {
             page.after,
             page.size + 1,
         )
-        .await?;
+        .await
+        .map_err(ApiError::from)?;
         let (users, next_page_token) = pagination::paginate(rows, page.size, |user| PageToken {
             create_time: user.create_time,
             id: user.user_id,
@@ -96,5 +104,85 @@ impl UserService for UserApi {
             users: users.into_iter().map(Into::into).collect(),
             next_page_token,
         }))
+    }
+}
+
+/// The request's fields as a [`NewUser`], or every bad one, in the request's field order.
+fn new_user(request: &CreateUserRequest) -> Result<NewUser, Vec<Violation>> {
+    let plan = wire::plan_from_proto(request.plan);
+    let parsed = NewUser::parse(
+        &request.email,
+        &request.name,
+        plan.as_ref().copied().unwrap_or(Plan::Basic),
+        &request.request_id,
+    );
+    match (parsed, plan) {
+        (Ok(new_user), Ok(_)) => Ok(new_user),
+        (parsed, plan) => {
+            let mut violations = parsed.err().unwrap_or_default();
+            if let Err(description) = plan {
+                // The plan comes after the e-mail and the name, before the request_id.
+                let at = violations
+                    .iter()
+                    .position(|violation| violation.field == "request_id")
+                    .unwrap_or(violations.len());
+                violations.insert(at, Violation::new("plan", description));
+            }
+            Err(violations)
+        }
+    }
+}
+
+impl From<CreateUserError> for ApiError {
+    fn from(error: CreateUserError) -> Self {
+        match error {
+            CreateUserError::EmailTaken => Self::AlreadyExists(error.to_string()),
+            CreateUserError::RequestIdReused => Self::InvalidArgument(vec![Violation::new(
+                "request_id",
+                "was already used for a different request; \
+                 send a new request_id with a new request",
+            )]),
+            CreateUserError::Repository(error) => error.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(email: &str, name: &str) -> CreateUserRequest {
+        CreateUserRequest {
+            email: email.into(),
+            name: name.into(),
+            ..CreateUserRequest::default()
+        }
+    }
+
+    #[test]
+    fn a_request_without_a_plan_is_a_basic_new_user() {
+        let user = new_user(&request("ada@example.com", "Ada")).expect("valid");
+        assert_eq!(user.plan, Plan::Basic);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_in_the_request_order() {
+        let mut bad = request("nope", "");
+        bad.plan = 99;
+        bad.request_id = "not-a-uuid".into();
+        let fields: Vec<_> = new_user(&bad)
+            .expect_err("invalid")
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["email", "name", "plan", "request_id"]);
+    }
+
+    #[test]
+    fn a_bad_plan_alone_is_reported_alone() {
+        let mut bad = request("ada@example.com", "Ada");
+        bad.plan = 42;
+        let violations = new_user(&bad).expect_err("invalid");
+        assert_eq!(violations, [Violation::new("plan", "unknown plan 42")]);
     }
 }

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod repository;
 pub mod settings;
 pub mod startup;
+pub mod wire;
 
 pub use startup::build;
 

@@ -1,11 +1,17 @@
 //! The `users` table. A user and its `user_created` event are written in one transaction.
 
 use messaging::{Envelope, EventContext, outbox};
-use service_kit::{ApiError, error::Violation, pagination::PageToken};
-use sqlx::{PgExecutor, PgPool};
+use service_kit::{
+    pagination::{self, PageToken},
+    repository::{CorruptRow, RepositoryError},
+};
+use sqlx::{PgExecutor, PgPool, QueryBuilder};
 use uuid::Uuid;
 
-use crate::domain::{NewUser, Plan, User};
+use crate::{
+    domain::{NewUser, Plan, User},
+    wire,
+};
 
 /// The unique index on `lower(email)`.
 const EMAIL_KEY: &str = "users_email_key";
@@ -22,15 +28,41 @@ struct UserRow {
     correlation_id: Option<String>,
 }
 
+/// Why a user was not created.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateUserError {
+    /// Another user has this e-mail address (in any case).
+    #[error("a user with this e-mail address already exists")]
+    EmailTaken,
+    /// The `request_id` was used before by a call that asked for something else.
+    #[error("the request_id was already used for a different request")]
+    RequestIdReused,
+    /// The database failed, or a row is corrupt.
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+impl From<sqlx::Error> for CreateUserError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Repository(error.into())
+    }
+}
+
+impl From<CorruptRow> for CreateUserError {
+    fn from(error: CorruptRow) -> Self {
+        Self::Repository(error.into())
+    }
+}
+
 impl TryFrom<UserRow> for User {
-    type Error = ApiError;
+    type Error = CorruptRow;
 
     fn try_from(row: UserRow) -> Result<Self, Self::Error> {
-        let plan = Plan::from_db(&row.plan).ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!(
-                "users.plan holds unknown value {:?}",
-                row.plan
-            ))
+        let plan = Plan::from_db(&row.plan).ok_or_else(|| CorruptRow {
+            table: "users",
+            id: row.user_id,
+            column: "plan",
+            value: row.plan.clone(),
         })?;
         Ok(Self {
             user_id: row.user_id,
@@ -46,14 +78,14 @@ impl TryFrom<UserRow> for User {
 /// Creates the user and queues its `user_created` event in the same transaction. With a
 /// `request_id` that was seen before, returns the user that request created instead, or refuses
 /// the call when that request asked for something else: the insert trips over the request_id's
-/// unique index, so a first call pays no lookup. Errors are logged
-/// where they become a status, by whose fault they are (an e-mail taken is the client's).
+/// unique index, so a first call pays no lookup. Errors are logged where they become a status, by whose fault they are (an e-mail
+/// taken is the client's).
 #[tracing::instrument(skip_all)]
 pub async fn create(
     pool: &PgPool,
     new_user: &NewUser,
     context: &EventContext,
-) -> Result<User, ApiError> {
+) -> Result<User, CreateUserError> {
     let mut tx = pool.begin().await?;
     let inserted = sqlx::query_as::<_, UserRow>(&format!(
         "insert into users \
@@ -78,26 +110,18 @@ pub async fn create(
             // the answer, whichever unique index fired first.
             match replayed(pool, new_user).await? {
                 Some(Replay::SameRequest(user)) => return Ok(user),
-                Some(Replay::OtherRequest) => {
-                    return Err(ApiError::InvalidArgument(vec![Violation::new(
-                        "request_id",
-                        "was already used for a different request; \
-                         send a new request_id with a new request",
-                    )]));
-                }
+                Some(Replay::OtherRequest) => return Err(CreateUserError::RequestIdReused),
                 None => {}
             }
             if error.constraint() == Some(EMAIL_KEY) {
-                return Err(ApiError::AlreadyExists(
-                    "a user with this e-mail address already exists".into(),
-                ));
+                return Err(CreateUserError::EmailTaken);
             }
             return Err(sqlx::Error::Database(error).into());
         }
         Err(error) => return Err(error.into()),
     };
 
-    outbox::enqueue(&mut tx, &Envelope::new(&user.created_event(), context)).await?;
+    outbox::enqueue(&mut tx, &Envelope::new(&wire::user_created(&user), context)).await?;
     tx.commit().await?;
     tracing::info!(user_id = %user.user_id, "user created");
     Ok(user)
@@ -105,13 +129,16 @@ pub async fn create(
 
 /// The user with this id, if any.
 #[tracing::instrument(skip(executor))]
-pub async fn find(executor: impl PgExecutor<'_>, user_id: Uuid) -> Result<Option<User>, ApiError> {
-    sqlx::query_as::<_, UserRow>(&format!("select {COLUMNS} from users where user_id = $1"))
-        .bind(user_id)
-        .fetch_optional(executor)
-        .await?
-        .map(User::try_from)
-        .transpose()
+pub async fn find(
+    executor: impl PgExecutor<'_>,
+    user_id: Uuid,
+) -> Result<Option<User>, RepositoryError> {
+    let row: Option<UserRow> =
+        sqlx::query_as(&format!("select {COLUMNS} from users where user_id = $1"))
+            .bind(user_id)
+            .fetch_optional(executor)
+            .await?;
+    Ok(row.map(User::try_from).transpose()?)
 }
 
 /// What an earlier call with the same `request_id` left behind.
@@ -131,7 +158,7 @@ struct ReplayRow {
 
 /// What an earlier call with the same `request_id` created, if any, and whether it asked for
 /// the same as `new_user`.
-async fn replayed(pool: &PgPool, new_user: &NewUser) -> Result<Option<Replay>, ApiError> {
+async fn replayed(pool: &PgPool, new_user: &NewUser) -> Result<Option<Replay>, RepositoryError> {
     let Some(request_id) = new_user.request_id else {
         return Ok(None);
     };
@@ -160,21 +187,15 @@ pub async fn list_by_correlation_id(
     correlation_id: &str,
     after: Option<PageToken>,
     limit: i64,
-) -> Result<Vec<User>, ApiError> {
-    sqlx::query_as::<_, UserRow>(&format!(
-        "select {COLUMNS} from users \
-         where correlation_id = $1 \
-           and ($2::timestamptz is null or (create_time, user_id) > ($2, $3)) \
-         order by create_time, user_id \
-         limit $4"
-    ))
-    .bind(correlation_id)
-    .bind(after.map(|token| token.create_time))
-    .bind(after.map(|token| token.id))
-    .bind(limit)
-    .fetch_all(executor)
-    .await?
-    .into_iter()
-    .map(User::try_from)
-    .collect()
+) -> Result<Vec<User>, RepositoryError> {
+    let mut query = QueryBuilder::new(format!(
+        "select {COLUMNS} from users where correlation_id = "
+    ));
+    query.push_bind(correlation_id);
+    pagination::push_keyset_page(&mut query, "user_id", after, limit);
+    let rows: Vec<UserRow> = query.build_query_as().fetch_all(executor).await?;
+    Ok(rows
+        .into_iter()
+        .map(User::try_from)
+        .collect::<Result<_, _>>()?)
 }

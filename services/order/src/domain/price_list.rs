@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use proto::user::v1::Plan;
+use super::Plan;
 
 /// A price in minor units of an ISO-4217 currency.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +56,10 @@ impl PriceList {
         }
     }
 
-    /// The price of `plan`; unspecified is basic.
+    /// The price of `plan`.
     pub fn price(&self, plan: Plan) -> Price {
         let amount_minor = match plan {
-            Plan::Unspecified | Plan::Basic => self.basic,
+            Plan::Basic => self.basic,
             Plan::Pro => self.pro,
             Plan::Enterprise => self.enterprise,
         };
@@ -109,7 +109,6 @@ mod tests {
     fn the_default_prices_are_those_of_the_spec() {
         let prices = PriceList::default();
         assert_eq!(prices.price(Plan::Basic).amount_minor, 999);
-        assert_eq!(prices.price(Plan::Unspecified).amount_minor, 999);
         assert_eq!(prices.price(Plan::Pro).amount_minor, 2999);
         assert_eq!(prices.price(Plan::Enterprise).amount_minor, 9999);
         assert_eq!(prices.price(Plan::Pro).currency, "USD");

@@ -1,7 +1,5 @@
 //! Where an order is in its life.
 
-use proto::order::v1 as pb;
-
 /// `PendingPayment` until `payment_processed` settles it, once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OrderStatus {
@@ -27,14 +25,6 @@ impl OrderStatus {
         Self::ALL
             .into_iter()
             .find(|status| status.as_str() == value)
-    }
-
-    pub fn to_proto(self) -> pb::OrderStatus {
-        match self {
-            Self::PendingPayment => pb::OrderStatus::PendingPayment,
-            Self::Paid => pb::OrderStatus::Paid,
-            Self::PaymentDeclined => pb::OrderStatus::PaymentDeclined,
-        }
     }
 }
 

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id};
-use proto::user::v1::{Plan, UserCreated};
+use proto::user::v1::UserCreated;
 use sqlx::PgConnection;
 
 use crate::{
     domain::{NewOrder, PriceList},
-    repository,
+    repository, wire,
 };
 
 /// Creates one order per user, priced by plan.
@@ -36,8 +36,9 @@ impl Handler for UserCreatedHandler {
     ) -> Result<Vec<Envelope>, HandlerError> {
         let event = &message.event;
         let user_id = parse_id("user_id", &event.user_id)?;
-        let plan = Plan::try_from(event.plan)
-            .map_err(|_| HandlerError::Permanent(anyhow::anyhow!("unknown plan {}", event.plan)))?;
+        let plan = wire::plan_from_proto(event.plan).ok_or_else(|| {
+            HandlerError::Permanent(anyhow::anyhow!("unknown plan {}", event.plan))
+        })?;
         let new_order = NewOrder {
             user_id,
             user_email: event.email.clone(),
@@ -48,7 +49,7 @@ impl Handler for UserCreatedHandler {
             Some(order) => {
                 tracing::info!(order_id = %order.order_id, "order created");
                 Ok(vec![Envelope::new(
-                    &order.created_event(),
+                    &wire::order_created(&order),
                     &message.caused_context(),
                 )])
             }

@@ -1,8 +1,6 @@
-//! A payment, and how it is shown and announced.
+//! A payment: its intent, its outcome and its status.
 
 use chrono::{DateTime, Utc};
-use proto::payment::v1 as pb;
-use service_kit::proto_time::to_timestamp;
 use uuid::Uuid;
 
 /// Where a payment stands.
@@ -29,14 +27,6 @@ impl PaymentStatus {
         [Self::Processing, Self::Succeeded, Self::Declined]
             .into_iter()
             .find(|status| status.as_str() == value)
-    }
-
-    pub fn to_proto(self) -> pb::PaymentStatus {
-        match self {
-            Self::Processing => pb::PaymentStatus::Processing,
-            Self::Succeeded => pb::PaymentStatus::Succeeded,
-            Self::Declined => pb::PaymentStatus::Declined,
-        }
     }
 }
 
@@ -86,38 +76,6 @@ pub struct Payment {
     pub create_time: DateTime<Utc>,
     /// When the outcome was recorded; `None` while processing.
     pub process_time: Option<DateTime<Utc>>,
-}
-
-impl Payment {
-    /// The `payment_processed` event announcing this payment.
-    pub fn processed_event(&self) -> pb::PaymentProcessed {
-        pb::PaymentProcessed {
-            payment_id: self.payment_id.to_string(),
-            order_id: self.order_id.to_string(),
-            user_id: self.user_id.to_string(),
-            status: self.status.to_proto().into(),
-            decline_reason: self.decline_reason.clone().unwrap_or_default(),
-            amount_minor: self.amount_minor,
-            currency: self.currency.clone(),
-            process_time: self.process_time.map(to_timestamp),
-        }
-    }
-}
-
-impl From<Payment> for pb::Payment {
-    fn from(payment: Payment) -> Self {
-        Self {
-            payment_id: payment.payment_id.to_string(),
-            order_id: payment.order_id.to_string(),
-            user_id: payment.user_id.to_string(),
-            amount_minor: payment.amount_minor,
-            currency: payment.currency,
-            status: payment.status.to_proto().into(),
-            decline_reason: payment.decline_reason.unwrap_or_default(),
-            create_time: Some(to_timestamp(payment.create_time)),
-            process_time: payment.process_time.map(to_timestamp),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,5 @@
 //! A CreateUser request, validated.
 
-use proto::user::v1::CreateUserRequest;
 use service_kit::{error::Violation, text_field};
 use uuid::Uuid;
 
@@ -17,17 +16,22 @@ pub struct NewUser {
 }
 
 impl NewUser {
-    /// Validates every field and reports every bad one at once.
-    pub fn parse(request: &CreateUserRequest) -> Result<Self, Vec<Violation>> {
+    /// Validates every field and reports every bad one at once, in this order: `email`, `name`,
+    /// `request_id` (an empty one is none).
+    pub fn parse(
+        email: &str,
+        name: &str,
+        plan: Plan,
+        request_id: &str,
+    ) -> Result<Self, Vec<Violation>> {
         let mut violations = Vec::new();
-        let email = check(&mut violations, "email", Email::parse(&request.email));
-        let name = check(&mut violations, "name", UserName::parse(&request.name));
-        let plan = check(&mut violations, "plan", Plan::from_proto(request.plan));
-        let request_id = text_field::optional_uuid("request_id", &request.request_id)
+        let email = check(&mut violations, "email", Email::parse(email));
+        let name = check(&mut violations, "name", UserName::parse(name));
+        let request_id = text_field::optional_uuid("request_id", request_id)
             .map_err(|violation| violations.push(violation))
             .ok();
-        match (email, name, plan, request_id) {
-            (Some(email), Some(name), Some(plan), Some(request_id)) => Ok(Self {
+        match (email, name, request_id) {
+            (Some(email), Some(name), Some(request_id)) => Ok(Self {
                 email,
                 name,
                 plan,
@@ -53,33 +57,22 @@ fn check<T>(
 mod tests {
     use super::*;
 
-    fn request(email: &str, name: &str) -> CreateUserRequest {
-        CreateUserRequest {
-            email: email.into(),
-            name: name.into(),
-            ..CreateUserRequest::default()
-        }
-    }
-
     #[test]
     fn a_valid_request_parses() {
-        let user = NewUser::parse(&request(" ada@example.com ", " Ada ")).expect("valid");
+        let user = NewUser::parse(" ada@example.com ", " Ada ", Plan::Pro, "").expect("valid");
         assert_eq!(user.email.as_str(), "ada@example.com");
         assert_eq!(user.name.as_str(), "Ada");
-        assert_eq!(user.plan, Plan::Basic);
+        assert_eq!(user.plan, Plan::Pro);
         assert_eq!(user.request_id, None);
     }
 
     #[test]
     fn every_bad_field_is_reported() {
-        let mut bad = request("nope", "");
-        bad.plan = 99;
-        bad.request_id = "not-a-uuid".into();
-        let fields: Vec<_> = NewUser::parse(&bad)
+        let fields: Vec<_> = NewUser::parse("nope", "", Plan::Basic, "not-a-uuid")
             .expect_err("invalid")
             .into_iter()
             .map(|v| v.field)
             .collect();
-        assert_eq!(fields, ["email", "name", "plan", "request_id"]);
+        assert_eq!(fields, ["email", "name", "request_id"]);
     }
 }

@@ -1,8 +1,6 @@
 //! The plan a user signs up for.
 
-use proto::user::v1 as pb;
-
-/// A subscription plan. Unspecified in a request means [`Plan::Basic`].
+/// A subscription plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
     Basic,
@@ -11,23 +9,8 @@ pub enum Plan {
 }
 
 impl Plan {
-    /// Reads the protobuf enum value; the error describes an unknown value.
-    pub fn from_proto(value: i32) -> Result<Self, String> {
-        match pb::Plan::try_from(value) {
-            Ok(pb::Plan::Unspecified | pb::Plan::Basic) => Ok(Self::Basic),
-            Ok(pb::Plan::Pro) => Ok(Self::Pro),
-            Ok(pb::Plan::Enterprise) => Ok(Self::Enterprise),
-            Err(_) => Err(format!("unknown plan {value}")),
-        }
-    }
-
-    pub fn to_proto(self) -> pb::Plan {
-        match self {
-            Self::Basic => pb::Plan::Basic,
-            Self::Pro => pb::Plan::Pro,
-            Self::Enterprise => pb::Plan::Enterprise,
-        }
-    }
+    /// Every plan.
+    pub const ALL: [Self; 3] = [Self::Basic, Self::Pro, Self::Enterprise];
 
     /// The value stored in the `users.plan` column.
     pub fn as_str(self) -> &'static str {
@@ -40,9 +23,7 @@ impl Plan {
 
     /// Reads a `users.plan` column value.
     pub fn from_db(value: &str) -> Option<Self> {
-        [Self::Basic, Self::Pro, Self::Enterprise]
-            .into_iter()
-            .find(|plan| plan.as_str() == value)
+        Self::ALL.into_iter().find(|plan| plan.as_str() == value)
     }
 }
 
@@ -51,20 +32,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unspecified_means_basic() {
-        assert_eq!(Plan::from_proto(0), Ok(Plan::Basic));
-    }
-
-    #[test]
-    fn every_plan_round_trips_through_proto_and_db() {
-        for plan in [Plan::Basic, Plan::Pro, Plan::Enterprise] {
-            assert_eq!(Plan::from_proto(plan.to_proto() as i32), Ok(plan));
+    fn every_plan_round_trips_through_the_database_value() {
+        for plan in Plan::ALL {
             assert_eq!(Plan::from_db(plan.as_str()), Some(plan));
         }
-    }
-
-    #[test]
-    fn unknown_values_are_rejected() {
-        assert!(Plan::from_proto(42).is_err());
+        assert_eq!(Plan::from_db("gold"), None);
     }
 }
