@@ -38,7 +38,7 @@ if ! $ready; then
   exit 1
 fi
 
-PYTHONPATH=target/python-client "$venv/bin/python" build-support/python-client/example.py
+PYTHONPATH=target/python-client "$venv/bin/python" build-support/clients/python/example.py
 echo "[stack-smoke] the Python client created a user and saw the order paid" >&2
 
 target/debug/loadgen --users 300 --concurrency 16

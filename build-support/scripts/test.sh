@@ -5,7 +5,7 @@
 #
 #   build-support/scripts/test.sh [--chaos-long] [cargo test arguments…]
 #
-# The chaos ledger (build-support/system-tests/tests/ledger) runs a short round by default;
+# The chaos ledger (build-support/testing/system-tests/tests/ledger) runs a short round by default;
 # --chaos-long runs it for three rounds at a higher rate, each fault under a longer load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -1,7 +1,7 @@
 """Calls the stack from Python with the generated client: CreateUser, then ListOrders until the
 user's sign-up order is paid. Exits non-zero if it is not paid within 30 seconds.
 
-    PYTHONPATH=target/python-client python build-support/python-client/example.py [EMAIL]
+    PYTHONPATH=target/python-client python build-support/clients/python/example.py [EMAIL]
 """
 
 import sys

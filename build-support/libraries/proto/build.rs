@@ -7,7 +7,7 @@ use std::{env, fs, path::PathBuf};
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?).join("../../../proto");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
 
     let mut files = Vec::new();
