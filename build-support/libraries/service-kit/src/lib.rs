@@ -1,5 +1,6 @@
 //! The service kit: everything a service of this system starts with, written once.
 //!
+//! - [`binary`]: what every service's `main` does.
 //! - [`settings`]: configuration from the environment or flags (12-factor).
 //! - [`telemetry`]: tracing subscriber, text or JSON.
 //! - [`shutdown`]: SIGINT and SIGTERM as one future.
@@ -11,6 +12,7 @@
 //! - [`text_field`]: the check every string field of a request passes before a query sees it.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 
+pub mod binary;
 pub mod database;
 pub mod error;
 pub mod grpc_limits;

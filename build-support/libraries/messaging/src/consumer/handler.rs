@@ -95,3 +95,37 @@ pub trait Handler: Send + Sync + 'static {
         prepared: &Self::Prepared,
     ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_database_is_unavailable_and_a_bad_query_permanent() {
+        let lost = sqlx::Error::PoolTimedOut;
+        assert!(matches!(
+            HandlerError::from(lost),
+            HandlerError::Unavailable(_)
+        ));
+        let bad = sqlx::Error::ColumnNotFound("nope".into());
+        assert!(matches!(
+            HandlerError::from(bad),
+            HandlerError::Permanent(_)
+        ));
+    }
+
+    #[test]
+    fn each_failure_has_its_outcome() {
+        let error = || anyhow::anyhow!("x");
+        assert_eq!(HandlerError::Transient(error()).outcome(), "retried");
+        assert_eq!(HandlerError::Permanent(error()).outcome(), "dead_lettered");
+        assert_eq!(HandlerError::Unavailable(error()).outcome(), "requeued");
+    }
+
+    #[test]
+    fn an_id_that_is_no_uuid_is_a_permanent_failure() {
+        assert!(parse_id("order_id", "01a2").is_err());
+        let id = Uuid::new_v4();
+        assert_eq!(parse_id("order_id", &id.to_string()).expect("a UUID"), id);
+    }
+}
