@@ -1,0 +1,300 @@
+//! `loadgen ceiling`: what the durable work of one flow costs on this machine, without the
+//! services' transport (no gRPC, no broker between the steps, no logs, metrics or traces).
+//!
+//! On a scratch database migrated by the services' own migrators, it runs the transactions the
+//! stack runs for a flow through the services' own code and batch sizes: the user service's
+//! `repository::create` (the user and its outbox row), the relay's claim-and-delete of outbox
+//! rows, and the three consumers' batches through the messaging crate's `apply_batch` (inbox
+//! rows, the handler's effect, outbox rows) with the services' handlers; the payment handler's
+//! first step (record the intents, charge the simulator) runs before its batch, as in the
+//! consumer. Each consumer step is fed the events the step before it wrote to the outbox. On a
+//! scratch durable queue it publishes persistent messages of those events with confirms, and
+//! consumes them with acks. Each step is measured twice: at full load for its throughput, and
+//! one at a time for its latency.
+//!
+//! The ceiling adds up what one flow costs: one user transaction, three relayed rows, one
+//! message through each consumer, and three messages through the broker, each cost the inverse
+//! of that step's throughput measured alone. Postgres and RabbitMQ share the machine's cores, so
+//! their costs add too.
+
+mod broker;
+mod steps;
+mod table;
+
+use std::{
+    future::Future,
+    str::FromStr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use messaging::topology::{
+    ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED, PAYMENT_SERVICE_ORDER_CREATED,
+};
+use order_service::{
+    domain::{PriceList, price_list::DEFAULT_PRICES},
+    handlers::{PaymentProcessedHandler, UserCreatedHandler},
+};
+use payment_service::{
+    gateway::{Latency, SimulatedGateway},
+    handlers::{ChargeSettings, OrderCreatedHandler},
+};
+use sqlx::{
+    ConnectOptions, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use uuid::Uuid;
+
+use self::{
+    broker::broker,
+    steps::{
+        consume, consumer_step, create_user, drain, fill_outbox, new_users, relay_pass,
+        user_created,
+    },
+    table::{table, to_json},
+};
+
+/// Measure the machine's ceiling: the durable work of a flow, without the services.
+#[derive(Debug, clap::Args)]
+pub(crate) struct CeilingArgs {
+    /// The Postgres server (a scratch database is created on it, and dropped after).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    postgres_url: String,
+    #[command(flatten)]
+    broker: crate::BrokerArgs,
+    /// Concurrent user transactions: the user service runs at most its connection pool's
+    /// size (16) at once, however many calls wait.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    concurrency: usize,
+    /// Messages per consumer transaction and rows per relay pass (the consumers' batch size).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Concurrent batch transactions per consumer step, and consumers on the scratch queue: enough
+    /// to load the machine (a service runs CONSUMER_WORKERS, default 1, per consumer; a busier
+    /// step gives a higher, stricter ceiling).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// How long each throughput step runs.
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// One-at-a-time samples per latency step.
+    #[arg(long, default_value_t = 200)]
+    samples: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One step of a flow, measured.
+#[derive(Debug, Clone)]
+struct Step {
+    name: &'static str,
+    /// Units (transactions, rows or messages, see `unit`) per second at full load.
+    throughput: f64,
+    unit: &'static str,
+    /// How many units of this step one flow needs.
+    per_flow: f64,
+    /// Median latency of one unit, one at a time.
+    latency: Duration,
+    /// How many units of latency lie on one flow's path.
+    hops: f64,
+}
+
+impl Step {
+    /// Machine time one flow spends on this step.
+    fn cost(&self) -> f64 {
+        self.per_flow / self.throughput
+    }
+}
+
+pub(crate) async fn run(args: CeilingArgs) -> anyhow::Result<()> {
+    let scratch = format!("loadgen_ceiling_{}", Uuid::new_v4().simple());
+    let server = PgConnectOptions::from_str(&args.postgres_url).context("bad --postgres-url")?;
+    let mut admin = server.connect().await.context("cannot reach PostgreSQL")?;
+    sqlx::query(&format!("create database {scratch}"))
+        .execute(&mut admin)
+        .await?;
+    let result = measure(&args, server.clone().database(&scratch)).await;
+    sqlx::query(&format!("drop database if exists {scratch} with (force)"))
+        .execute(&mut admin)
+        .await?;
+    let steps = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&to_json(&args, &steps))?);
+    } else {
+        print!("{}", table(&args, &steps));
+    }
+    Ok(())
+}
+
+async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Result<Vec<Step>> {
+    let pool = PgPoolOptions::new()
+        .max_connections(u32::try_from(
+            args.concurrency.max(args.workers).max(3) + 2,
+        )?)
+        .connect_with(database)
+        .await?;
+    migrate(&pool).await?;
+    let span = Duration::from_secs(args.seconds);
+    let batch = args.batch.max(1);
+    let mut steps = Vec::new();
+
+    eprintln!("ceiling: user transactions");
+    let throughput = at_full_load(args.concurrency, span, |_| {
+        let pool = pool.clone();
+        async move { create_user(&pool).await.map(|()| 1) }
+    })
+    .await?;
+    let latency = one_at_a_time(args.samples, || create_user(&pool)).await?;
+    steps.push(Step {
+        name: "user: user + outbox row",
+        throughput,
+        unit: "tx",
+        per_flow: 1.0,
+        latency,
+        hops: 1.0,
+    });
+
+    eprintln!("ceiling: relay passes");
+    // One relay per service, as in the stack; they share the rows through `skip locked`.
+    let queued = (throughput * span.as_secs_f64() * 2.0).max(10_000.0) as usize;
+    fill_outbox(&pool, queued).await?;
+    let throughput = at_full_load(3, span, |_| {
+        let pool = pool.clone();
+        async move { Ok(relay_pass(&pool, batch).await?.len() as u64) }
+    })
+    .await?;
+    fill_outbox(&pool, args.samples).await?;
+    let latency = one_at_a_time(args.samples, || async {
+        anyhow::ensure!(relay_pass(&pool, 1).await?.len() == 1, "no outbox row left");
+        Ok(())
+    })
+    .await?;
+    steps.push(Step {
+        name: "relay: claim + delete rows",
+        throughput,
+        unit: "row",
+        per_flow: 3.0,
+        latency,
+        hops: 3.0,
+    });
+    // What the relay left is not the consumers' input; each consumer step reads what the step
+    // before it wrote.
+    let mut events = vec![user_created()];
+    drain(&pool).await?;
+
+    eprintln!("ceiling: consumer batches");
+    let prices = PriceList::parse(DEFAULT_PRICES, "USD").map_err(anyhow::Error::msg)?;
+    let orders = UserCreatedHandler::new(Arc::new(prices));
+    let consumer = ORDER_SERVICE_USER_CREATED;
+    let throughput = at_full_load(args.workers, span, |_| {
+        let (pool, orders) = (&pool, &orders);
+        async move { consume(pool, consumer, orders, new_users(batch)?).await }
+    })
+    .await?;
+    let latency = one_at_a_time(args.samples, || async {
+        consume(&pool, consumer, &orders, new_users(1)?)
+            .await
+            .map(drop)
+    })
+    .await?;
+    steps.push(Step {
+        name: "order: user_created batch",
+        throughput,
+        unit: "msg",
+        per_flow: 1.0,
+        latency,
+        hops: 1.0,
+    });
+
+    let gateway = SimulatedGateway::new(pool.clone(), Latency::NONE);
+    let payments = OrderCreatedHandler::new(Arc::new(gateway), ChargeSettings::default());
+    let step = consumer_step(
+        args,
+        &pool,
+        PAYMENT_SERVICE_ORDER_CREATED,
+        &payments,
+        "payment: order_created batch",
+        &mut events,
+    )
+    .await?;
+    steps.push(step);
+    let step = consumer_step(
+        args,
+        &pool,
+        ORDER_SERVICE_PAYMENT_PROCESSED,
+        &PaymentProcessedHandler,
+        "order: payment_processed batch",
+        &mut events,
+    )
+    .await?;
+    steps.push(step);
+    pool.close().await;
+
+    eprintln!("ceiling: RabbitMQ");
+    steps.push(broker(args, span, &events).await?);
+    Ok(steps)
+}
+
+/// The messaging tables and each service's tables, by the services' own migrators.
+async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    for migrator in [
+        user_service::migrator(),
+        order_service::migrator(),
+        payment_service::migrator(),
+    ] {
+        service_kit::database::migrate(pool, migrator).await?;
+    }
+    Ok(())
+}
+
+/// Runs `tasks` copies of `unit` in loops for `span`; the units they did per second. A unit
+/// returning 0 has nothing left to do, and its task stops.
+async fn at_full_load<F, Fut>(tasks: usize, span: Duration, unit: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<u64>>,
+{
+    let started = Instant::now();
+    let deadline = started + span;
+    let loops = (0..tasks.max(1)).map(|task| {
+        let unit = &unit;
+        async move {
+            let mut done = 0;
+            while Instant::now() < deadline {
+                match unit(task).await? {
+                    0 => break,
+                    n => done += n,
+                }
+            }
+            Ok::<_, anyhow::Error>((done, Instant::now()))
+        }
+    });
+    let mut total = 0;
+    let mut last = started;
+    for outcome in futures_util::future::join_all(loops).await {
+        let (done, ended) = outcome?;
+        total += done;
+        last = last.max(ended);
+    }
+    let elapsed = last.duration_since(started).as_secs_f64();
+    anyhow::ensure!(total > 0, "nothing was done");
+    Ok(total as f64 / elapsed)
+}
+
+/// The median time of `samples` runs of `unit`, one after the other.
+async fn one_at_a_time<F, Fut>(samples: usize, unit: F) -> anyhow::Result<Duration>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let mut times = Vec::with_capacity(samples.max(1));
+    for _ in 0..samples.max(1) {
+        let started = Instant::now();
+        unit().await?;
+        times.push(started.elapsed());
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}

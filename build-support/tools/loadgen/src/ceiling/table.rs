@@ -1,0 +1,104 @@
+//! The ceiling's result: what the steps add up to, as a table or JSON.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{CeilingArgs, Step};
+
+/// What the steps add up to.
+pub(super) struct Totals {
+    postgres: f64,
+    broker: f64,
+    ceiling: f64,
+    hop_sum: Duration,
+}
+
+pub(super) fn totals(steps: &[Step]) -> Totals {
+    let (db, mq): (Vec<&Step>, Vec<&Step>) = steps
+        .iter()
+        .partition(|step| !step.name.starts_with("broker"));
+    let per_second = |steps: &[&Step]| 1.0 / steps.iter().map(|s| s.cost()).sum::<f64>();
+    Totals {
+        postgres: per_second(&db),
+        broker: per_second(&mq),
+        ceiling: per_second(&steps.iter().collect::<Vec<_>>()),
+        hop_sum: steps
+            .iter()
+            .map(|step| step.latency.mul_f64(step.hops))
+            .sum(),
+    }
+}
+
+pub(super) fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+pub(super) fn table(args: &CeilingArgs, steps: &[Step]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "ceiling: batch {}, {} workers per consumer, user concurrency {}",
+        args.batch, args.workers, args.concurrency
+    );
+    let _ = writeln!(
+        out,
+        "{:<40} {:>14} {:>8} {:>12}",
+        "step", "full load", "/flow", "alone p50"
+    );
+    for step in steps {
+        let _ = writeln!(
+            out,
+            "{:<40} {:>10.0} {:<3}/s {:>8} {:>9.2} ms",
+            step.name,
+            step.throughput,
+            step.unit,
+            step.per_flow,
+            millis(step.latency)
+        );
+    }
+    let totals = totals(steps);
+    let _ = writeln!(
+        out,
+        "postgres alone             {:>8.0} flows/s",
+        totals.postgres
+    );
+    let _ = writeln!(
+        out,
+        "rabbitmq alone             {:>8.0} flows/s",
+        totals.broker
+    );
+    let _ = writeln!(
+        out,
+        "ceiling (costs added)      {:>8.0} flows/s",
+        totals.ceiling
+    );
+    let _ = writeln!(
+        out,
+        "per-hop latency sum        {:>8.2} ms",
+        millis(totals.hop_sum)
+    );
+    out
+}
+
+pub(super) fn to_json(args: &CeilingArgs, steps: &[Step]) -> serde_json::Value {
+    let totals = totals(steps);
+    json!({
+        "batch": args.batch,
+        "workers": args.workers,
+        "concurrency": args.concurrency,
+        "steps": steps.iter().map(|step| json!({
+            "name": step.name,
+            "throughput_per_second": step.throughput,
+            "unit": step.unit,
+            "per_flow": step.per_flow,
+            "latency_p50_ms": millis(step.latency),
+            "hops": step.hops,
+        })).collect::<Vec<_>>(),
+        "postgres_flows_per_second": totals.postgres,
+        "broker_flows_per_second": totals.broker,
+        "ceiling_flows_per_second": totals.ceiling,
+        "hop_latency_sum_ms": millis(totals.hop_sum),
+    })
+}
