@@ -3,15 +3,17 @@
 //! request messages bigger than the API needs (`RESOURCE_EXHAUSTED`, as grpc-go and grpc-java
 //! answer, where tonic would say `OUT_OF_RANGE`), and dead connections (HTTP/2 keepalive).
 //!
-//! The limits are tower layers around every service the server hosts, health and reflection
-//! included: tower's `LoadShed` over a `GlobalConcurrencyLimit` (one semaphore for every
-//! connection) and `Timeout`, whose errors [`LimitStatusLayer`] answers as gRPC statuses, and
+//! The limits are tower layers around every service the server hosts: [`InFlightLimitLayer`]
+//! (one semaphore for every connection; a call that finds no permit is refused at once), which
+//! lets health checks through, so that a busy service is not mistaken for a dead one and
+//! restarted; tower's `Timeout`, whose error [`LimitStatusLayer`] answers as a gRPC status; and
 //! [`MessageSizeLimitLayer`], which reads the length prefix of each request message before any of
 //! it is buffered.
 
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
@@ -51,8 +53,78 @@ impl Default for GrpcLimits {
     }
 }
 
-/// Answers the errors of tower's `LoadShed` (`RESOURCE_EXHAUSTED`) and `Timeout`
-/// (`DEADLINE_EXCEEDED`) as gRPC statuses, inside the metrics layer so it counts them.
+/// The path prefix of the health service's calls, which no limit of calls in flight refuses.
+const HEALTH_PATH: &str = "/grpc.health.v1.Health/";
+
+/// Refuses a call at once with `RESOURCE_EXHAUSTED` while `limit` calls are in flight across
+/// every connection; health checks always go through.
+#[derive(Debug, Clone)]
+pub struct InFlightLimitLayer {
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl InFlightLimitLayer {
+    /// At most `limit` calls in flight.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(limit)),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for InFlightLimitLayer {
+    type Service = InFlightLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        InFlightLimit {
+            inner,
+            permits: self.permits.clone(),
+        }
+    }
+}
+
+/// The service [`InFlightLimitLayer`] wraps.
+#[derive(Debug, Clone)]
+pub struct InFlightLimit<S> {
+    inner: S,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for InFlightLimit<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Error: Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path().starts_with(HEALTH_PATH) {
+            return Box::pin(self.inner.call(request));
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            let refused = Status::resource_exhausted(
+                "the server is at its limit of calls in flight; retry later",
+            );
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+/// Answers the error of tower's `Timeout` (`DEADLINE_EXCEEDED`) as a gRPC status, inside the
+/// metrics layer so it counts it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LimitStatusLayer;
 
@@ -89,12 +161,6 @@ where
         Box::pin(async move {
             match response.await.map_err(Into::into) {
                 Ok(response) => Ok(response),
-                Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
-                    Ok(Status::resource_exhausted(
-                        "the server is at its limit of calls in flight; retry later",
-                    )
-                    .into_http())
-                }
                 Err(error) if error.is::<tower::timeout::error::Elapsed>() => Ok(
                     Status::deadline_exceeded("the call ran past the server's time limit")
                         .into_http(),

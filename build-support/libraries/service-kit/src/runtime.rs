@@ -21,7 +21,7 @@ use tower_http::request_id::MakeRequestUuid;
 
 use crate::{
     database,
-    grpc_limits::{GrpcLimits, LimitStatusLayer, MessageSizeLimitLayer},
+    grpc_limits::{GrpcLimits, InFlightLimitLayer, LimitStatusLayer, MessageSizeLimitLayer},
     metrics::{self, KnownMethods},
     readiness,
     settings::Settings,
@@ -251,15 +251,10 @@ impl ServiceRuntime {
                 tower::ServiceBuilder::new()
                     .layer(metrics::GrpcMetricsLayer::new(service_name, known_methods))
                     // Inside the metrics layer, so shed and timed-out calls are counted with
-                    // their status.
+                    // their status. Shedding comes first, so a refused call costs next to nothing;
+                    // one semaphore for all connections: the limit is the server's.
+                    .layer(InFlightLimitLayer::new(grpc_limits.concurrency_limit))
                     .layer(LimitStatusLayer)
-                    // Shedding comes first, so a refused call costs next to nothing.
-                    .layer(tower::load_shed::LoadShedLayer::new())
-                    // One semaphore for all connections: the limit is the server's, not each
-                    // connection's.
-                    .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                        grpc_limits.concurrency_limit,
-                    ))
                     .layer(tower::timeout::TimeoutLayer::new(
                         grpc_limits.request_timeout,
                     ))
