@@ -18,6 +18,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Postgres' SQLSTATE for "database already exists".
 const DUPLICATE_DATABASE: &str = "42P04";
+/// What a `create database` that loses a race with another one trips over instead: the catalog's
+/// unique index on database names.
+const DATABASE_NAME_INDEX: &str = "pg_database_datname_index";
 
 /// Connects to the database `url` names, creating it first if it does not exist, and applies
 /// `messaging::migrator()` and then `migrator`.
@@ -57,7 +60,9 @@ pub async fn migrate(pool: &PgPool, mut migrator: Migrator) -> anyhow::Result<()
 }
 
 /// Creates the database `options` names unless it exists, through the server's `postgres`
-/// maintenance database. Losing a race with another instance creating it is fine.
+/// maintenance database. Losing a race with another instance creating it is fine (Postgres says
+/// so either as "already exists" or, when both got past its check, as a unique violation on its
+/// catalog); the migrations that follow run under sqlx's advisory lock, one instance at a time.
 pub async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::Result<()> {
     let name = options
         .get_database()
@@ -78,7 +83,11 @@ pub async fn create_database_if_missing(options: &PgConnectOptions) -> anyhow::R
         match created {
             Ok(_) => tracing::info!(database = %name, "created the database"),
             Err(sqlx::Error::Database(error))
-                if error.code().as_deref() == Some(DUPLICATE_DATABASE) => {}
+                if error.code().as_deref() == Some(DUPLICATE_DATABASE)
+                    || error.constraint() == Some(DATABASE_NAME_INDEX) =>
+            {
+                tracing::debug!(database = %name, "another instance created the database");
+            }
             Err(error) => return Err(error).context(format!("cannot create database {name}")),
         }
     }

@@ -88,3 +88,30 @@ async fn shutdown_stops_the_service_cleanly() {
         .await
         .expect("the service stops within its drain bounds");
 }
+
+#[tokio::test]
+async fn instances_started_at_once_on_a_fresh_database_all_start() {
+    // Arrange: a database nobody created yet, and four instances racing to create and migrate it.
+    let sandbox = test_support::Sandbox::new();
+    let settings = sandbox.settings("user-service", "users", &test_support::broker_url());
+
+    // Act
+    let started =
+        futures_util::future::join_all((0..4).map(|_| user_service::build(&settings))).await;
+
+    // Assert: every one starts and serves.
+    let mut running = Vec::new();
+    for (instance, application) in started.into_iter().enumerate() {
+        let application =
+            application.unwrap_or_else(|error| panic!("instance {instance}: {error:#}"));
+        running.push(
+            test_support::Running::start(application, user_service::startup::GRPC_SERVICE).await,
+        );
+    }
+    for instance in &running {
+        instance.wait_for_health(ServingStatus::Serving).await;
+    }
+    for instance in running {
+        instance.stop().await;
+    }
+}
