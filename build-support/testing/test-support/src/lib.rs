@@ -131,6 +131,20 @@ impl Sandbox {
         }
     }
 
+    /// The environment that puts a service binary in this sandbox: its database, the sandbox's
+    /// namespace, and the tests' retry delays (so the retry queues it declares are the ones the
+    /// sandbox deletes).
+    pub fn service_env(&self, database: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("DATABASE_URL", self.database_url(database)),
+            (
+                "BUS_NAMESPACE",
+                self.topology.namespace().as_str().to_owned(),
+            ),
+            ("RETRY_DELAYS", TEST_RETRY_DELAYS.to_owned()),
+        ]
+    }
+
     /// A pool on this sandbox's database for `service`.
     pub async fn pool(&self, service: &str) -> PgPool {
         PgPool::connect(&self.database_url(service))

@@ -36,8 +36,8 @@ use proto::{
 use sqlx::PgPool;
 use system_tests::processes::{Service, ServiceProcess, binaries};
 use test_support::{
-    PrivateBroker, Sandbox, TEST_RETRY_DELAYS, eventually, eventually_some, new_context, poison,
-    publish_raw, queue_depth, take_message,
+    PrivateBroker, Sandbox, eventually, eventually_some, new_context, poison, publish_raw,
+    queue_depth, take_message,
 };
 use uuid::Uuid;
 
@@ -81,15 +81,13 @@ impl Hostile {
         let bin = binaries();
         let mut services = Vec::new();
         for service in Service::ALL {
-            let env = vec![
-                ("DATABASE_URL", sandbox.database_url(service.database())),
+            let mut env = sandbox.service_env(service.database());
+            env.extend([
                 ("AMQP_URL", broker.url()),
-                ("BUS_NAMESPACE", topology.namespace().as_str().to_owned()),
-                ("RETRY_DELAYS", TEST_RETRY_DELAYS.to_owned()),
                 ("GATEWAY_LATENCY", GATEWAY_LATENCY.to_owned()),
                 ("RUST_LOG", "info".into()),
                 ("RUST_LIB_BACKTRACE", "0".into()),
-            ];
+            ]);
             let log = logs.join(format!("{}.log", service.binary()));
             services.push(ServiceProcess::spawn(service, &bin, env, log));
         }

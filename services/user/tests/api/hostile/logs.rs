@@ -32,9 +32,8 @@ impl LoggedService {
         let log = std::env::temp_dir().join(format!("user-service-{}.log", Uuid::new_v4()));
         let file = std::fs::File::create(&log).expect("a log file");
         let child = Command::new(env!("CARGO_BIN_EXE_user-service"))
-            .env("DATABASE_URL", sandbox.database_url("users"))
+            .envs(sandbox.service_env("users"))
             .env("AMQP_URL", test_support::broker_url())
-            .env("BUS_NAMESPACE", sandbox.topology.namespace().as_str())
             .env("GRPC_ADDR", &grpc_addr)
             .env("METRICS_ADDR", format!("127.0.0.1:{}", unused_port()))
             .env("LOG_FORMAT", format)
