@@ -27,7 +27,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     limits::MAX_FRAME_BYTES,
     publisher::Publisher,
-    topology::{Subscription, Topology},
+    topology::{DeclareError, Subscription, Topology},
     trust::TrustedProducers,
 };
 
@@ -174,7 +174,12 @@ async fn supervise(
                 tracing::warn!("lost the RabbitMQ connection; reconnecting");
             }
             Err(error) => {
-                tracing::warn!(%error, ?retry_in, "cannot reach RabbitMQ; retrying");
+                if matches!(error, ConnectError::Topology(DeclareError::Inequivalent(_))) {
+                    // Only an operator can settle this; the service waits for it, not serving.
+                    tracing::error!(%error, ?retry_in, "cannot declare the topology; retrying");
+                } else {
+                    tracing::warn!(%error, ?retry_in, "cannot reach RabbitMQ; retrying");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tokio::time::sleep(retry_in) => {}
@@ -190,6 +195,8 @@ async fn supervise(
 enum ConnectError {
     #[error(transparent)]
     Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Topology(#[from] DeclareError),
     #[error("AMQP_URL is not a valid AMQP URL: {0}")]
     Url(String),
     #[error("no connection within {0:?}")]

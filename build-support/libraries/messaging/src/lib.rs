@@ -2,6 +2,7 @@
 //!
 //! - [`topology`]: exchange, queue and dead-letter names (with the `BUS_NAMESPACE`
 //!   prefix) and their declaration.
+//! - [`queues`]: the queue type (`QUEUE_TYPE`, quorum or classic) and each queue's arguments.
 //! - [`envelope`]: an event with every AMQP property and header, set in one place.
 //! - [`headers`]: reading a delivery's headers as text and integers.
 //! - [`publisher`]: publishing with confirms and `mandatory`; a returned message is a failure.
@@ -21,6 +22,7 @@ pub mod inbox;
 pub mod limits;
 pub mod outbox;
 pub mod publisher;
+pub mod queues;
 pub mod retry;
 pub mod topology;
 pub mod trace_context;
@@ -31,6 +33,7 @@ pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incomin
 pub use envelope::{Envelope, EventContext};
 pub use outbox::OutboxRelay;
 pub use publisher::{PublishError, Publisher};
+pub use queues::QueueType;
 pub use retry::RetryPolicy;
 pub use topology::{Namespace, Topology};
 pub use trace_context::TraceParent;

@@ -15,10 +15,9 @@ use chrono::{DateTime, Utc};
 use crate::headers::header;
 pub use crate::headers::{integer_header, text_header};
 use lapin::{
-    BasicProperties, Channel,
+    BasicProperties,
     message::Delivery,
-    options::{QueueBindOptions, QueueDeclareOptions},
-    types::{AMQPValue, FieldTable, LongString},
+    types::{AMQPValue, LongString},
 };
 
 /// Attempts so far (the first failure makes 1).
@@ -127,53 +126,6 @@ impl RetryPolicy {
     /// The routing key on the dead-letter exchange that leads back into `queue`.
     pub fn requeue_key(queue: &str) -> String {
         format!("{queue}{REQUEUE_SUFFIX}")
-    }
-
-    /// Declares `queue`'s retry queues, each bound to `dead_letter_exchange` under its own name:
-    /// each holds messages for its delay, then dead-letters them back into `queue` through that
-    /// exchange. Idempotent.
-    pub async fn declare(
-        &self,
-        channel: &Channel,
-        dead_letter_exchange: &str,
-        queue: &str,
-    ) -> Result<(), lapin::Error> {
-        for delay in &self.delays {
-            let retry_queue = Self::retry_queue(queue, *delay);
-            let mut arguments = FieldTable::default();
-            arguments.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
-            );
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(LongString::from(dead_letter_exchange)),
-            );
-            arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(LongString::from(Self::requeue_key(queue))),
-            );
-            channel
-                .queue_declare(
-                    retry_queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    arguments,
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    retry_queue.as_str().into(),
-                    dead_letter_exchange.into(),
-                    retry_queue.as_str().into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok(())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Names and declaration of the broker topology (README, Events on RabbitMQ).
 //!
 //! One topic exchange carries every event, routed by event name. Each consumer queue dead-letters
-//! through a direct exchange into its own `<queue>.dlq`. Every name is prefixed with the
+//! through a direct exchange into its own `<queue>.dlq`. Every queue is of the configured
+//! [`QueueType`] (quorum unless told otherwise), with the arguments of its role
+//! ([`crate::queues`]). Every name is prefixed with the
 //! `BUS_NAMESPACE`, so tests and several stacks can share one broker without seeing each other.
 //! Every service declares the whole topology (declaring is idempotent), so an event published
 //! before its consumer ever ran still waits in that consumer's durable queue.
@@ -15,11 +17,14 @@ use lapin::{
         QueueDeclareOptions, QueueDeleteOptions,
     },
     protocol::{AMQPErrorKind, AMQPSoftError},
-    types::{AMQPValue, FieldTable, LongString},
+    types::FieldTable,
 };
 use proto::{Event, order::v1::OrderCreated, payment::v1::PaymentProcessed, user::v1::UserCreated};
 
-use crate::retry::RetryPolicy;
+use crate::{
+    queues::{InequivalentQueue, QueueRole, QueueType},
+    retry::RetryPolicy,
+};
 
 /// The exchange every event is published to.
 pub const EXCHANGE: &str = "events_exchange";
@@ -151,26 +156,48 @@ impl Namespace {
     }
 }
 
+/// Why the topology could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum DeclareError {
+    #[error(transparent)]
+    Amqp(#[from] lapin::Error),
+    /// A queue exists with other arguments (e.g. of the other [`QueueType`]).
+    #[error(transparent)]
+    Inequivalent(#[from] InequivalentQueue),
+}
+
 /// The topology of one namespace: its exchanges, and for every consumer queue its dead-letter
-/// queue and its retry queues (one per delay of the retry policy).
+/// queue and its retry queues (one per delay of the retry policy), each of the queue type.
 #[derive(Debug, Clone, Default)]
 pub struct Topology {
     namespace: Namespace,
     retry: RetryPolicy,
+    queue_type: QueueType,
 }
 
 impl Topology {
-    /// The topology under `namespace`, with the default retry delays.
+    /// The topology under `namespace`, with the default retry delays and queue type.
     pub fn new(namespace: Namespace) -> Self {
         Self {
             namespace,
             retry: RetryPolicy::default(),
+            queue_type: QueueType::default(),
         }
     }
 
     /// The same topology with the retry queues of `retry`'s delays.
     pub fn with_retry(self, retry: RetryPolicy) -> Self {
         Self { retry, ..self }
+    }
+
+    /// The same topology with its queues of `queue_type`.
+    pub fn with_queue_type(self, queue_type: QueueType) -> Self {
+        Self { queue_type, ..self }
+    }
+
+    /// What the queues are declared as.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// The retry delays, one retry queue each.
@@ -264,7 +291,7 @@ impl Topology {
         &self,
         connection: &Connection,
         owned: &[Subscription],
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), DeclareError> {
         let channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -293,7 +320,9 @@ impl Topology {
             let channel = connection.create_channel().await?;
             match self.declare_subscription(&channel, subscription).await {
                 Ok(()) => close(&channel).await,
-                Err(error) if !owned.contains(subscription) && is_access_refused(&error) => {
+                Err(DeclareError::Amqp(error))
+                    if !owned.contains(subscription) && is_access_refused(&error) =>
+                {
                     tracing::debug!(
                         queue = %self.queue(subscription),
                         "not permitted to declare another service's queue; its consumer does"
@@ -309,30 +338,63 @@ impl Topology {
         &self,
         channel: &Channel,
         subscription: &Subscription,
-    ) -> Result<(), lapin::Error> {
+    ) -> Result<(), DeclareError> {
         let queue = self.queue(subscription);
         let dlq = self.dead_letter_queue(subscription);
-        declare_durable_queue(channel, &dlq, FieldTable::default()).await?;
-        // Dead letters are routed by the name of the queue they died in.
-        bind(channel, &dlq, &self.dead_letter_exchange(), &queue).await?;
-
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(LongString::from(self.dead_letter_exchange())),
-        );
-        arguments.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(LongString::from(queue.clone())),
-        );
-        declare_durable_queue(channel, &queue, arguments).await?;
-        // Retries come back through the dead-letter exchange (see `crate::retry`).
-        let requeue = RetryPolicy::requeue_key(&queue);
-        bind(channel, &queue, &self.dead_letter_exchange(), &requeue).await?;
-        self.retry
-            .declare(channel, &self.dead_letter_exchange(), &queue)
+        let dead_letter_exchange = self.dead_letter_exchange();
+        self.declare_queue(channel, &dlq, QueueRole::DeadLetter)
             .await?;
-        bind(channel, &queue, &self.exchange(), subscription.routing_key).await
+        // Dead letters are routed by the name of the queue they died in.
+        bind(channel, &dlq, &dead_letter_exchange, &queue).await?;
+
+        let work = QueueRole::Work {
+            exchange: &dead_letter_exchange,
+            routing_key: &queue,
+        };
+        self.declare_queue(channel, &queue, work).await?;
+        // Retries come back through the dead-letter exchange (see `crate::retry`): each retry
+        // queue is bound to it under its own name, and dead-letters back under `requeue`.
+        let requeue = RetryPolicy::requeue_key(&queue);
+        bind(channel, &queue, &dead_letter_exchange, &requeue).await?;
+        for delay in self.retry.delays() {
+            let retry_queue = RetryPolicy::retry_queue(&queue, *delay);
+            let role = QueueRole::Retry {
+                ttl_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                exchange: &dead_letter_exchange,
+                routing_key: &requeue,
+            };
+            self.declare_queue(channel, &retry_queue, role).await?;
+            bind(channel, &retry_queue, &dead_letter_exchange, &retry_queue).await?;
+        }
+        bind(channel, &queue, &self.exchange(), subscription.routing_key).await?;
+        Ok(())
+    }
+
+    /// Declares a durable queue of the topology's type with the arguments of `role`; a queue
+    /// that exists with other arguments is an [`InequivalentQueue`].
+    async fn declare_queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        role: QueueRole<'_>,
+    ) -> Result<(), DeclareError> {
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                self.queue_type.arguments(role),
+            )
+            .await
+            .map(drop)
+            .map_err(
+                |error| match InequivalentQueue::from_error(&error, name, self.queue_type) {
+                    Some(inequivalent) => inequivalent.into(),
+                    None => error.into(),
+                },
+            )
     }
 
     /// Deletes everything [`Topology::declare`] made, messages included. For tests and for
@@ -368,24 +430,6 @@ fn is_access_refused(error: &lapin::Error) -> bool {
 
 async fn close(channel: &Channel) {
     let _ = channel.close(200, "declared".into()).await;
-}
-
-async fn declare_durable_queue(
-    channel: &Channel,
-    name: &str,
-    arguments: FieldTable,
-) -> Result<(), lapin::Error> {
-    channel
-        .queue_declare(
-            name.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .map(drop)
 }
 
 async fn bind(

@@ -7,7 +7,8 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    ConsumerTuning, Namespace, RetryPolicy, Topology, TrustedProducers, retry::DEFAULT_RETRY_DELAYS,
+    ConsumerTuning, Namespace, QueueType, RetryPolicy, Topology, TrustedProducers,
+    retry::DEFAULT_RETRY_DELAYS,
 };
 use secrecy::SecretString;
 
@@ -74,6 +75,10 @@ pub struct CommonArgs {
     /// Prefix for every exchange and queue name, so several stacks can share one broker.
     #[arg(long, env = "BUS_NAMESPACE", default_value = "")]
     pub bus_namespace: String,
+    /// What every queue is declared as: `quorum` (replicated over a cluster's nodes, at-least-once
+    /// dead-lettering, a delivery limit) or `classic` (a single node's queue, as before).
+    #[arg(long, env = "QUEUE_TYPE", default_value = "quorum", value_parser = queue_type)]
+    pub queue_type: QueueType,
     /// Back-off delays of the retries after a transient failure, e.g. `1s,5s,30s,2m`; their
     /// number bounds the attempts before a message is dead-lettered.
     #[arg(long, env = "RETRY_DELAYS", default_value = DEFAULT_RETRY_DELAYS)]
@@ -119,6 +124,11 @@ pub fn duration(raw: &str) -> Result<Duration, String> {
 
 fn trusted_producers(raw: &str) -> Result<TrustedProducers, String> {
     TrustedProducers::parse(raw).map_err(|error| error.to_string())
+}
+
+fn queue_type(raw: &str) -> Result<QueueType, String> {
+    raw.parse()
+        .map_err(|error: messaging::queues::InvalidQueueType| error.to_string())
 }
 
 fn secret(raw: &str) -> Result<SecretString, Infallible> {
@@ -199,7 +209,9 @@ impl CommonArgs {
                 .metrics_addr
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], defaults.metrics_port))),
             outbox_max_age: self.outbox_max_age,
-            topology: Topology::new(namespace).with_retry(retry.clone()),
+            topology: Topology::new(namespace)
+                .with_retry(retry.clone())
+                .with_queue_type(self.queue_type),
             trusted_producers: self.trusted_producers,
             retry,
             consumer: ConsumerTuning {
@@ -255,6 +267,7 @@ mod tests {
         assert_eq!(settings.outbox_max_age, Duration::from_secs(60));
         assert_eq!(settings.database_pool_size, 16);
         assert_eq!(settings.topology.exchange(), "events_exchange");
+        assert_eq!(settings.topology.queue_type(), QueueType::Quorum);
     }
 
     #[test]

@@ -11,5 +11,7 @@ mod events;
 mod get_user;
 mod helpers;
 mod hostile;
+mod logged;
 mod operability;
+mod queues;
 mod serving;

@@ -1,86 +1,10 @@
 //! What a client can make the service log. The service runs as its own binary here, so the
 //! tests read exactly what an operator's log collector would.
 
-use std::{path::PathBuf, process::Stdio, time::Duration};
+use proto::user::v1::{CreateUserRequest, GetUserRequest, ListUsersRequest};
+use tonic::Code;
 
-use proto::user::v1::{
-    CreateUserRequest, GetUserRequest, ListUsersRequest, user_service_client::UserServiceClient,
-};
-use test_support::{Sandbox, eventually, eventually_some, unused_port};
-use tokio::process::{Child, Command};
-use tonic::{Code, transport::Channel};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-use uuid::Uuid;
-
-/// A user-service process whose stdout and stderr go to a file.
-struct LoggedService {
-    client: UserServiceClient<Channel>,
-    log: PathBuf,
-    _child: Child,
-    // Last, so the process is killed before its database goes.
-    _sandbox: Sandbox,
-}
-
-impl LoggedService {
-    /// Starts `user-service` in a fresh sandbox with `LOG_FORMAT=format` and `RUST_LOG=filter`,
-    /// and waits until it is SERVING.
-    async fn start(format: &str, filter: &str) -> Self {
-        let sandbox = Sandbox::new();
-        let grpc_addr = format!("127.0.0.1:{}", unused_port());
-        let log = std::env::temp_dir().join(format!("user-service-{}.log", Uuid::new_v4()));
-        let file = std::fs::File::create(&log).expect("a log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_user-service"))
-            .envs(sandbox.service_env("users"))
-            .env("AMQP_URL", test_support::broker_url())
-            .env("GRPC_ADDR", &grpc_addr)
-            .env("METRICS_ADDR", format!("127.0.0.1:{}", unused_port()))
-            .env("LOG_FORMAT", format)
-            .env("RUST_LOG", filter)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("a log file"))
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("user-service starts");
-        let endpoint = format!("http://{grpc_addr}");
-        let channel = eventually_some(|| async {
-            tonic::transport::Endpoint::from_shared(endpoint.clone())
-                .expect("a valid endpoint")
-                .connect()
-                .await
-                .ok()
-        })
-        .await;
-        eventually(|| async {
-            HealthClient::new(channel.clone())
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok_and(|response| response.into_inner().status() == ServingStatus::Serving)
-        })
-        .await;
-        Self {
-            client: UserServiceClient::new(channel),
-            log,
-            _child: child,
-            _sandbox: sandbox,
-        }
-    }
-
-    /// Everything the process logged so far, once what the last call logged is written.
-    async fn log(&self) -> String {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        std::fs::read_to_string(&self.log).expect("the log file")
-    }
-}
-
-impl Drop for LoggedService {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
+use crate::logged::LoggedService;
 
 /// What a forger wants an operator to read as a line of its own.
 const FORGED: &str = "FORGED-LINE ERROR user_service: the administrator's password is hunter2";
