@@ -5,6 +5,11 @@
 //! channel dies it announces `None`, and starts over, so nothing else has to handle reconnects:
 //! the outbox relay and the consumers just follow the watch.
 //!
+//! Given a cluster's nodes ([`BrokerAddresses`]), it starts with a node picked at random and,
+//! when a connection is lost, connects to the next node of the list that answers: the node that
+//! failed is tried last. A publish whose confirm never came when the connection was lost is a
+//! publish that did not happen (the outbox row stays, and is published again).
+//!
 //! A connection whose broker stops answering (a stalled or blackholed network, a broker that no
 //! longer reads) does not close by itself. Two mechanisms notice it: AMQP heartbeats, negotiated
 //! at [`BusSettings::heartbeat`], make the client close a connection that received nothing for
@@ -20,11 +25,11 @@ use std::{
 };
 
 use lapin::{Channel, Connection, ConnectionProperties, options::BasicQosOptions, uri::AMQPUri};
-use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    addresses::BrokerAddresses,
     limits::MAX_FRAME_BYTES,
     publisher::Publisher,
     topology::{DeclareError, Subscription, Topology},
@@ -34,8 +39,9 @@ use crate::{
 /// How often the supervisor checks that the connection is alive.
 const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 const FIRST_RETRY: Duration = Duration::from_millis(200);
-/// Longest a connection attempt (handshake and topology) may take: a broker that accepts the TCP
-/// connection while it is still starting can otherwise stall the handshake for good.
+/// Longest a connection attempt to one node (handshake and topology) may take: a broker that
+/// accepts the TCP connection while it is still starting can otherwise stall the handshake for
+/// good.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 /// The heartbeat when none is configured: a stalled connection is noticed within seconds.
@@ -44,8 +50,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// What the supervisor needs to connect.
 #[derive(Debug, Clone)]
 pub struct BusSettings {
-    /// `amqp://user:password@host:port/vhost`: a secret (its `Debug` prints no password).
-    pub url: SecretString,
+    /// The broker's node or nodes (`AMQP_URL`; its `Debug` prints no password).
+    pub addresses: BrokerAddresses,
     pub topology: Topology,
     /// The producing service's name: AMQP `app_id` and the connection's name.
     pub app_id: String,
@@ -82,7 +88,7 @@ impl Bus {
         let (responsive_sender, responsive) = watch::channel(true);
         let topology = settings.topology.clone();
         let app_id = settings.app_id.clone();
-        let user = broker_user(settings.url.expose_secret());
+        let user = settings.addresses.user().to_owned();
         let trusted_producers = settings.trusted_producers.clone();
         tracker.spawn(supervise(settings, sender, responsive_sender, stop));
         Self {
@@ -140,17 +146,22 @@ async fn supervise(
     stop: CancellationToken,
 ) {
     let mut retry_in = FIRST_RETRY;
+    let mut next = settings.addresses.first_choice();
     while !stop.is_cancelled() {
         let attempt = tokio::select! {
             _ = stop.cancelled() => break,
-            attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&settings)) => {
-                attempt.unwrap_or_else(|_| Err(ConnectError::TimedOut(CONNECT_TIMEOUT)))
-            }
+            attempt = connect_any(&settings, next) => attempt,
         };
         match attempt {
-            Ok((connected, probe)) => {
-                tracing::info!(exchange = %settings.topology.exchange(), "connected to RabbitMQ");
+            Ok((connected, probe, node)) => {
+                tracing::info!(
+                    exchange = %settings.topology.exchange(),
+                    node = %settings.addresses.shown(node),
+                    "connected to RabbitMQ"
+                );
                 retry_in = FIRST_RETRY;
+                // After a loss, the next node first.
+                next = node + 1;
                 let connection = connected.connection.clone();
                 let publisher = connected.publisher.clone();
                 responsive.send_replace(true);
@@ -159,7 +170,7 @@ async fn supervise(
                     connection: &connection,
                     publisher: &publisher,
                     probe: &probe,
-                    heartbeat: heartbeat_of(&settings),
+                    heartbeat: heartbeat_of(&settings.addresses.uri(node), settings.heartbeat),
                     responsive: &responsive,
                 };
                 let stopping = watching.until_lost(&stop).await;
@@ -171,14 +182,22 @@ async fn supervise(
                     }
                     break;
                 }
-                tracing::warn!("lost the RabbitMQ connection; reconnecting");
+                tracing::warn!(
+                    node = %settings.addresses.shown(node),
+                    "lost the RabbitMQ connection; reconnecting"
+                );
             }
             Err(error) => {
                 if matches!(error, ConnectError::Topology(DeclareError::Inequivalent(_))) {
                     // Only an operator can settle this; the service waits for it, not serving.
                     tracing::error!(%error, ?retry_in, "cannot declare the topology; retrying");
                 } else {
-                    tracing::warn!(%error, ?retry_in, "cannot reach RabbitMQ; retrying");
+                    tracing::warn!(
+                        %error,
+                        nodes = settings.addresses.len(),
+                        ?retry_in,
+                        "cannot reach RabbitMQ; retrying"
+                    );
                 }
                 tokio::select! {
                     _ = stop.cancelled() => break,
@@ -197,8 +216,6 @@ enum ConnectError {
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
     Topology(#[from] DeclareError),
-    #[error("AMQP_URL is not a valid AMQP URL: {0}")]
-    Url(String),
     #[error("no connection within {0:?}")]
     TimedOut(Duration),
     #[error(
@@ -221,28 +238,43 @@ fn heartbeat_seconds(heartbeat: Duration) -> u16 {
     u16::try_from(heartbeat.as_secs().max(1)).unwrap_or(u16::MAX)
 }
 
-/// The heartbeat the connection runs with: the URL's `heartbeat` if it sets one, else the
-/// setting.
-fn heartbeat_of(settings: &BusSettings) -> Duration {
-    let from_url = settings
-        .url
-        .expose_secret()
-        .parse::<AMQPUri>()
-        .ok()
-        .and_then(|uri| uri.query.heartbeat)
-        .filter(|&seconds| seconds > 0);
+/// The heartbeat a connection to `uri` runs with: the URL's `heartbeat` if it sets one, else
+/// `configured`.
+fn heartbeat_of(uri: &AMQPUri, configured: Duration) -> Duration {
+    let from_url = uri.query.heartbeat.filter(|&seconds| seconds > 0);
     Duration::from_secs(u64::from(
-        from_url.unwrap_or_else(|| heartbeat_seconds(settings.heartbeat)),
+        from_url.unwrap_or_else(|| heartbeat_seconds(configured)),
     ))
 }
 
-/// Connects, declares the topology, opens the publisher and the probe's channel.
-async fn connect(settings: &BusSettings) -> Result<(Connected, Channel), ConnectError> {
-    let mut uri: AMQPUri = settings
-        .url
-        .expose_secret()
-        .parse()
-        .map_err(ConnectError::Url)?;
+/// Tries each node once, from `start`, until one connects (see [`connect`]); the node, or the
+/// last node's error.
+async fn connect_any(
+    settings: &BusSettings,
+    start: usize,
+) -> Result<(Connected, Channel, usize), ConnectError> {
+    let mut last = None;
+    for node in settings.addresses.from(start) {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(settings, node))
+            .await
+            .unwrap_or_else(|_| Err(ConnectError::TimedOut(CONNECT_TIMEOUT)));
+        match attempt {
+            Ok((connected, probe)) => return Ok((connected, probe, node)),
+            Err(error) => {
+                tracing::debug!(node = %settings.addresses.shown(node), %error, "cannot use this node");
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.expect("a list holds at least one node"))
+}
+
+/// Connects to `node`, declares the topology, opens the publisher and the probe's channel.
+async fn connect(
+    settings: &BusSettings,
+    node: usize,
+) -> Result<(Connected, Channel), ConnectError> {
+    let mut uri = settings.addresses.uri(node);
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(heartbeat_seconds(settings.heartbeat));
     }

@@ -6,6 +6,7 @@
 //! - [`envelope`]: an event with every AMQP property and header, set in one place.
 //! - [`headers`]: reading a delivery's headers as text and integers.
 //! - [`publisher`]: publishing with confirms and `mandatory`; a returned message is a failure.
+//! - [`addresses`]: `AMQP_URL`, one node or a cluster's nodes.
 //! - [`connection`]: the supervised connection to RabbitMQ that the rest borrows from.
 //! - [`limits`]: the bounds that keep a hostile message's headers harmless.
 //! - [`trust`]: who may produce which event (AMQP `user_id`, `TRUSTED_PRODUCERS`).
@@ -13,6 +14,7 @@
 //! - [`consumer`] and [`inbox`]: decode, apply in one transaction with the inbox row, ack after
 //!   commit, dead-letter what cannot be decoded.
 
+pub mod addresses;
 pub mod connection;
 pub mod consumer;
 pub mod db_errors;
@@ -28,6 +30,7 @@ pub mod topology;
 pub mod trace_context;
 pub mod trust;
 
+pub use addresses::BrokerAddresses;
 pub use connection::{Bus, BusSettings, Connected};
 pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};

@@ -91,8 +91,9 @@ pub enum QueueRole<'a> {
         exchange: &'a str,
         routing_key: &'a str,
     },
-    /// A dead-letter queue: holds what failed until an operator looks.
-    DeadLetter,
+    /// A queue that dead-letters nowhere: a dead-letter queue, holding what failed until an
+    /// operator looks.
+    Plain,
 }
 
 impl QueueType {
@@ -120,7 +121,7 @@ impl QueueType {
                 routing_key,
                 ..
             } => Some((exchange, routing_key)),
-            QueueRole::DeadLetter => None,
+            QueueRole::Plain => None,
         };
         if let Some((exchange, routing_key)) = dead_letters_to {
             text("x-dead-letter-exchange", exchange);
@@ -265,7 +266,7 @@ mod tests {
         assert!(keys(&retry).contains(&"x-message-ttl".to_owned()));
         assert!(!keys(&retry).contains(&"x-delivery-limit".to_owned()));
         assert_eq!(
-            keys(&QueueType::Quorum.arguments(QueueRole::DeadLetter)),
+            keys(&QueueType::Quorum.arguments(QueueRole::Plain)),
             ["x-queue-leader-locator", "x-queue-type"]
         );
     }
@@ -278,7 +279,7 @@ mod tests {
         );
         assert!(
             QueueType::Classic
-                .arguments(QueueRole::DeadLetter)
+                .arguments(QueueRole::Plain)
                 .inner()
                 .is_empty()
         );

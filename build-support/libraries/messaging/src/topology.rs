@@ -342,8 +342,7 @@ impl Topology {
         let queue = self.queue(subscription);
         let dlq = self.dead_letter_queue(subscription);
         let dead_letter_exchange = self.dead_letter_exchange();
-        self.declare_queue(channel, &dlq, QueueRole::DeadLetter)
-            .await?;
+        self.declare_queue(channel, &dlq, QueueRole::Plain).await?;
         // Dead letters are routed by the name of the queue they died in.
         bind(channel, &dlq, &dead_letter_exchange, &queue).await?;
 

@@ -77,7 +77,7 @@ impl ServiceRuntime {
         let bus_stop = CancellationToken::new();
         let bus = Bus::start(
             BusSettings {
-                url: settings.amqp_url.clone(),
+                addresses: settings.amqp_url.clone(),
                 topology: settings.topology.clone(),
                 app_id: settings.service_name.to_owned(),
                 owned: consumes.to_vec(),

@@ -7,10 +7,10 @@ use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    ConsumerTuning, Namespace, QueueType, RetryPolicy, Topology, TrustedProducers,
+    BrokerAddresses, ConsumerTuning, Namespace, QueueType, RetryPolicy, Topology, TrustedProducers,
     retry::DEFAULT_RETRY_DELAYS,
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::grpc_limits::GrpcLimits;
 
@@ -51,7 +51,8 @@ pub struct CommonArgs {
     /// Connections to the database at most (gRPC calls, consumers, relay and health share them).
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 16)]
     pub database_pool_size: u32,
-    /// The RabbitMQ broker.
+    /// The RabbitMQ broker: one URL, or a cluster's nodes as a comma-separated list (a service
+    /// connects to one that answers, and to another when that connection is lost).
     #[arg(long, env = "AMQP_URL", value_parser = secret, default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: SecretString,
     /// The AMQP heartbeat (whole seconds; a `heartbeat` in AMQP_URL wins): a connection that
@@ -77,7 +78,7 @@ pub struct CommonArgs {
     pub bus_namespace: String,
     /// What every queue is declared as: `quorum` (replicated over a cluster's nodes, at-least-once
     /// dead-lettering, a delivery limit) or `classic` (a single node's queue, as before).
-    #[arg(long, env = "QUEUE_TYPE", default_value = "quorum", value_parser = queue_type)]
+    #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
     pub queue_type: QueueType,
     /// Back-off delays of the retries after a transient failure, e.g. `1s,5s,30s,2m`; their
     /// number bounds the attempts before a message is dead-lettered.
@@ -126,11 +127,6 @@ fn trusted_producers(raw: &str) -> Result<TrustedProducers, String> {
     TrustedProducers::parse(raw).map_err(|error| error.to_string())
 }
 
-fn queue_type(raw: &str) -> Result<QueueType, String> {
-    raw.parse()
-        .map_err(|error: messaging::queues::InvalidQueueType| error.to_string())
-}
-
 fn secret(raw: &str) -> Result<SecretString, Infallible> {
     Ok(SecretString::from(raw.to_owned()))
 }
@@ -141,7 +137,7 @@ pub struct Settings {
     pub service_name: &'static str,
     pub database_url: SecretString,
     pub database_pool_size: u32,
-    pub amqp_url: SecretString,
+    pub amqp_url: BrokerAddresses,
     pub amqp_heartbeat: Duration,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
@@ -159,6 +155,7 @@ impl CommonArgs {
     /// Fills what was not given from `defaults` and validates the rest.
     pub fn resolve(self, defaults: &ServiceDefaults) -> anyhow::Result<Settings> {
         let namespace = Namespace::parse(&self.bus_namespace).context("invalid BUS_NAMESPACE")?;
+        let amqp_url = BrokerAddresses::parse(self.amqp_url.expose_secret())?;
         anyhow::ensure!(
             (1..=u64::from(u16::MAX)).contains(&self.amqp_heartbeat.as_secs()),
             "AMQP_HEARTBEAT must be whole seconds, from 1s"
@@ -200,7 +197,7 @@ impl CommonArgs {
                 ))
             }),
             database_pool_size: self.database_pool_size,
-            amqp_url: self.amqp_url,
+            amqp_url,
             amqp_heartbeat: self.amqp_heartbeat,
             grpc_addr: self
                 .grpc_addr

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use lapin::{
     Connection, ConnectionProperties, Consumer, message::Delivery, options::BasicAckOptions,
 };
-use messaging::{ConsumerTuning, Namespace, RetryPolicy, Topology};
+use messaging::{BrokerAddresses, ConsumerTuning, Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
 use service_kit::{Settings, settings::LogFormat};
 use sqlx::{Connection as _, PgConnection, PgPool};
@@ -115,7 +115,7 @@ impl Sandbox {
         Settings {
             service_name,
             database_url: SecretString::from(self.database_url(database)),
-            amqp_url: SecretString::from(amqp_url.to_owned()),
+            amqp_url: BrokerAddresses::parse(amqp_url).expect("a valid AMQP URL"),
             amqp_heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
             grpc_addr: "127.0.0.1:0".parse().expect("a valid address"),
             metrics_addr: "127.0.0.1:0".parse().expect("a valid address"),

@@ -82,6 +82,13 @@ impl BrokerProxy {
         crate::broker_url_at(self.port)
     }
 
+    /// How many connections go through the proxy now.
+    pub fn connections(&self) -> usize {
+        let mut connections = self.connections.lock().expect("not poisoned");
+        connections.retain(|connection| !connection.is_finished());
+        connections.len()
+    }
+
     /// Closes every connection through the proxy now; new ones are accepted.
     pub fn cut(&self) {
         for connection in self.connections.lock().expect("not poisoned").drain(..) {

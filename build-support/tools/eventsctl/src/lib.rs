@@ -17,7 +17,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use lapin::{Connection, ConnectionProperties};
-use messaging::{Namespace, Topology, topology::SUBSCRIPTIONS};
+use messaging::{BrokerAddresses, Namespace, Topology, topology::SUBSCRIPTIONS};
 
 /// The broker eventsctl talks to unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -30,7 +30,8 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
     about = "Operate the event bus: inspect, replay and purge dead letters"
 )]
 pub struct Cli {
-    /// The RabbitMQ broker.
+    /// The RabbitMQ broker: one URL, or a cluster's nodes as a comma-separated list (the first
+    /// that answers is used).
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true, global = true)]
     pub amqp_url: String,
     /// The stack's exchange and queue prefix, as the services were given it.
@@ -176,8 +177,9 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         DlqCommand::List => None,
     };
     let subscriptions = select_queues(queue)?;
-    let connection = connect(&cli.amqp_url).await?;
-    let user = messaging::connection::broker_user(&cli.amqp_url);
+    let addresses = BrokerAddresses::parse(&cli.amqp_url)?;
+    let connection = connect(&addresses).await?;
+    let user = addresses.user().to_owned();
     let dlq = dlq::DeadLetters::new(&connection, user, topology, subscriptions);
     let outcome = match command {
         DlqCommand::List => dlq.list(out).await,
@@ -220,37 +222,19 @@ fn select_queues(
     }
 }
 
-async fn connect(url: &str) -> anyhow::Result<Connection> {
+/// Connects to the first node of `AMQP_URL` (one URL or a cluster's list) that answers.
+async fn connect(addresses: &BrokerAddresses) -> anyhow::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name("eventsctl".into());
-    Connection::connect(url, properties)
+    let (connection, _) = addresses
+        .connect(0, &properties)
         .await
-        .with_context(|| format!("cannot reach RabbitMQ at {}", redact(url)))
-}
-
-/// The URL without its password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+        .with_context(|| format!("cannot reach RabbitMQ at {addresses}"))?;
+    Ok(connection)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_are_not_printed() {
-        assert_eq!(
-            redact("amqp://guest:secret@rabbit:5672/%2f"),
-            "amqp://guest:***@rabbit:5672/%2f"
-        );
-        assert_eq!(redact("amqp://rabbit:5672"), "amqp://rabbit:5672");
-    }
 
     #[test]
     fn queues_are_named_with_or_without_the_dlq_suffix() {

@@ -20,7 +20,7 @@ use anyhow::Context;
 use clap::Parser;
 use futures_util::StreamExt;
 use lapin::{Connection, ConnectionProperties, options::BasicAckOptions};
-use messaging::{Namespace, Topology};
+use messaging::{BrokerAddresses, Namespace, Topology};
 use prost::Message;
 use proto::{
     Event,
@@ -49,8 +49,8 @@ enum Command {
 
 /// Where the broker is.
 #[derive(Debug, clap::Args)]
-struct BrokerArgs {
-    /// The broker the stack uses.
+pub(crate) struct BrokerArgs {
+    /// The broker the stack uses: one URL, or a cluster's nodes as a comma-separated list.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -58,6 +58,18 @@ struct BrokerArgs {
         hide_env_values = true
     )]
     amqp_url: String,
+}
+
+impl BrokerArgs {
+    /// Connects to the first node of the list that answers.
+    async fn connect(&self) -> anyhow::Result<Connection> {
+        let addresses = BrokerAddresses::parse(&self.amqp_url)?;
+        let (connection, _) = addresses
+            .connect(0, &ConnectionProperties::default())
+            .await
+            .with_context(|| format!("cannot reach RabbitMQ at {addresses}"))?;
+        Ok(connection)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,9 +134,7 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
     let observations = Arc::new(Mutex::new(Observations::default()));
 
     // Watch payment_processed on a private queue before creating anyone.
-    let amqp = Connection::connect(&cli.broker.amqp_url, ConnectionProperties::default())
-        .await
-        .context("cannot reach RabbitMQ")?;
+    let amqp = cli.broker.connect().await?;
     let mut deliveries = topology
         .watch(&amqp, PaymentProcessed::ROUTING_KEY)
         .await

@@ -113,7 +113,8 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows() {
     );
     let bus = Bus::start(
         BusSettings {
-            url: test_support::broker_url().into(),
+            addresses: messaging::BrokerAddresses::parse(&test_support::broker_url())
+                .expect("a valid URL"),
             topology: app.topology().clone(),
             app_id: "user-service".into(),
             owned: Vec::new(),

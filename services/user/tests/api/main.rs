@@ -8,6 +8,7 @@ mod broker_outage;
 mod create_user;
 mod dependencies;
 mod events;
+mod failover;
 mod get_user;
 mod helpers;
 mod hostile;

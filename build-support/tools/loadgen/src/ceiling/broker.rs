@@ -8,14 +8,14 @@ use std::{
 use anyhow::Context;
 use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Connection, ConnectionProperties,
+    BasicProperties, Connection,
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
-use messaging::{Envelope, consumer::take_ready};
+use messaging::{Envelope, consumer::take_ready, queues::QueueRole};
 use uuid::Uuid;
 
 use super::{CeilingArgs, Step};
@@ -28,9 +28,7 @@ pub(super) async fn broker(
     span: Duration,
     events: &[Envelope],
 ) -> anyhow::Result<Step> {
-    let amqp = Connection::connect(&args.broker.amqp_url, ConnectionProperties::default())
-        .await
-        .context("cannot reach RabbitMQ")?;
+    let amqp = args.broker.connect().await?;
     let queue = format!("loadgen.ceiling.{}", Uuid::new_v4().simple());
     let setup = amqp.create_channel().await?;
     setup
@@ -40,7 +38,7 @@ pub(super) async fn broker(
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            args.queue_type.arguments(QueueRole::Plain),
         )
         .await?;
     let measured = broker_steps(args, &amqp, &queue, span, events).await;

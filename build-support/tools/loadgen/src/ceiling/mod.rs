@@ -63,6 +63,9 @@ pub(crate) struct CeilingArgs {
     postgres_url: String,
     #[command(flatten)]
     broker: crate::BrokerArgs,
+    /// The type of the scratch queue, as the services declare theirs (`quorum` or `classic`).
+    #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
+    queue_type: messaging::QueueType,
     /// Concurrent user transactions: the user service runs at most its connection pool's
     /// size (16) at once, however many calls wait.
     #[arg(long, short = 'c', default_value_t = 16)]
