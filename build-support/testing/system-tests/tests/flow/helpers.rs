@@ -193,14 +193,17 @@ impl Stack {
             .expect("a user")
     }
 
-    /// Creates `count` users concurrently, `user<i>@example.com`.
+    /// Creates `count` users concurrently, `user<i>@example.com`, each call retried as
+    /// [`Stack::create_user_retrying`] does: that many at once can find every database
+    /// connection taken on a busy machine, and be told UNAVAILABLE.
     pub async fn create_users_at_once(&self, count: i64) -> Vec<User> {
         let calls = (0..count).map(|i| self.create_user_numbered(i));
         futures_util::future::join_all(calls).await
     }
 
     async fn create_user_numbered(&self, i: i64) -> User {
-        self.create_user(&format!("user{i}@example.com")).await
+        self.create_user_retrying(&format!("user{i}@example.com"))
+            .await
     }
 
     /// Waits until `count` orders are paid.
