@@ -1,9 +1,15 @@
 //! The queue type (`QUEUE_TYPE`): quorum queues by default, classic ones on request, and a
 //! service that finds the other type in its way says which queue and what to do.
 
+use lapin::{
+    BasicProperties,
+    options::{BasicGetOptions, BasicNackOptions},
+    types::AMQPValue,
+};
 use messaging::{
     QueueType,
-    topology::{DeclareError, SUBSCRIPTIONS},
+    queues::DELIVERY_LIMIT,
+    topology::{DeclareError, ORDER_SERVICE_USER_CREATED, SUBSCRIPTIONS},
 };
 use test_support::Sandbox;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -100,4 +106,66 @@ async fn with_queue_type_classic_a_service_uses_the_classic_queues_it_finds() {
         .await
         .expect("created");
     test_support::eventually(|| async { app.outbox_rows().await == 0 }).await;
+}
+
+#[tokio::test]
+async fn a_message_returned_to_its_quorum_queue_past_the_delivery_limit_is_dead_lettered() {
+    // Arrange: a message in a consumer queue.
+    let sandbox = Sandbox::new();
+    declare(&sandbox, QueueType::Quorum)
+        .await
+        .expect("quorum queues");
+    let amqp = test_support::broker().await;
+    let (queue, dlq) = (
+        sandbox.topology.queue(&ORDER_SERVICE_USER_CREATED),
+        sandbox
+            .topology
+            .dead_letter_queue(&ORDER_SERVICE_USER_CREATED),
+    );
+    test_support::publish_raw(
+        &amqp,
+        &sandbox.topology,
+        ORDER_SERVICE_USER_CREATED.routing_key,
+        b"returned every time",
+        BasicProperties::default(),
+    )
+    .await;
+
+    // Act: a consumer that hands it back every time it gets it.
+    let channel = amqp.create_channel().await.expect("a channel");
+    let mut deliveries = 0;
+    while let Some(message) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+    {
+        deliveries += 1;
+        assert!(deliveries <= DELIVERY_LIMIT + 1, "never dead-lettered");
+        message
+            .delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .expect("nack");
+    }
+
+    // Assert: past the limit, it waits in the dead-letter queue, saying why.
+    assert!(deliveries >= DELIVERY_LIMIT, "{deliveries} deliveries");
+    test_support::eventually(|| async { test_support::queue_depth(&amqp, &dlq).await == 1 }).await;
+    let dead = test_support::take_message(&amqp, &dlq)
+        .await
+        .expect("the dead letter");
+    let headers = dead.properties.headers().clone().expect("x-death");
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+        panic!("no x-death: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+        panic!("an empty x-death: {deaths:?}");
+    };
+    let Some(AMQPValue::LongString(reason)) = death.inner().get("reason") else {
+        panic!("no reason: {death:?}");
+    };
+    assert_eq!(String::from_utf8_lossy(reason.as_bytes()), "delivery_limit");
 }

@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{
     EventConsumer, Handler, HandlerError, Incoming,
     apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
+    failures::Hold,
     settle::Unsettled,
 };
 use crate::publisher::Publisher;
@@ -45,9 +46,15 @@ impl<H: Handler> EventConsumer<H> {
     /// Applies a batch in one transaction and acks it after the commit. A message the handler
     /// failed on is settled alone (retried, dead-lettered), and the rest applied again without
     /// it; a batch that failed as a whole is applied again one message at a time, to find the
-    /// message at fault. Every delivery on the worker's channel before this batch is settled
+    /// message at fault; while a dependency is unavailable, what is left is held (see
+    /// [`Hold`]). Every delivery on the worker's channel before this batch is settled
     /// already, so the batch is acked with one `multiple` ack.
-    pub(super) async fn apply_and_settle(&self, batch: Vec<Item<H>>, publisher: &Publisher) {
+    pub(super) async fn apply_and_settle(
+        &self,
+        batch: Vec<Item<H>>,
+        publisher: &Publisher,
+        hold: &mut Hold,
+    ) {
         let mut queue = VecDeque::from([batch]);
         while let Some(mut batch) = queue.pop_front() {
             if batch.is_empty() {
@@ -73,9 +80,14 @@ impl<H: Handler> EventConsumer<H> {
                     error: HandlerError::Unavailable(error),
                     ..
                 }) => {
-                    // Everything not yet settled goes back to the queue.
+                    // Everything not yet settled is tried again after a pause, or, once the
+                    // hold is over, goes back to the queue.
                     let rest: Vec<_> = queue.drain(..).flatten().chain(batch).collect();
-                    self.requeue_unavailable(rest, took, &error).await;
+                    if self.hold_on(hold, rest.len(), &error).await {
+                        queue.push_back(rest);
+                    } else {
+                        self.requeue_unavailable(rest, took, &error).await;
+                    }
                 }
                 Err(BatchFailure {
                     at: Some(at),

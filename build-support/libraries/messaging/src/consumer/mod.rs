@@ -22,7 +22,10 @@
 //! queues (see [`crate::retry`]) a bounded number of times; a permanent one goes to the
 //! dead-letter queue at once, with headers saying why. While a dependency is unavailable (the
 //! gate is closed, e.g. the database is down), the consumer stops consuming instead of burning
-//! through attempts, and resumes when the gate opens.
+//! through attempts, and resumes when the gate opens. A batch that finds a dependency
+//! unavailable while the gate is open is held and tried again after growing pauses, for up to
+//! [`HOLD_BUDGET`], before it goes back to the queue: each return to a quorum queue counts
+//! towards its delivery limit ([`crate::queues::DELIVERY_LIMIT`]), a pause does not.
 
 mod admit;
 mod apply;
@@ -54,6 +57,7 @@ pub use self::{
 };
 use self::{
     batch::{Item, Pending},
+    failures::Hold,
     settle::close,
 };
 pub use crate::envelope::{DecodeError, Incoming, MAX_PAYLOAD_BYTES, decode};
@@ -65,9 +69,15 @@ use crate::{
     trace_context,
 };
 
-/// Pause before a message goes back to the queue because a dependency is unavailable, so a lost
-/// database does not turn into a hot loop before the gate closes.
+/// The first pause before a batch that found a dependency unavailable is tried again (then
+/// doubling, up to [`LONGEST_HOLD_PAUSE`]), and the pause before it goes back to the queue, so a
+/// lost database does not turn into a hot loop before the gate closes.
 const UNAVAILABLE_PAUSE: Duration = Duration::from_secs(1);
+/// The longest pause between two tries of a held batch.
+const LONGEST_HOLD_PAUSE: Duration = Duration::from_secs(8);
+/// How long a batch is held, tried again, while a dependency is unavailable, before it goes back
+/// to the queue: well within [`BATCH_TIMEOUT`].
+pub const HOLD_BUDGET: Duration = Duration::from_secs(60);
 /// How long applying and settling one batch may take before the worker gives it up and starts
 /// over on a fresh channel: well past the confirm timeout of a dead letter or retry.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(90);
@@ -120,6 +130,8 @@ pub struct EventConsumer<H> {
     handler: Arc<H>,
     tuning: ConsumerTuning,
     gate: watch::Receiver<bool>,
+    /// Cancelled when the consumer is asked to stop: a held batch is not held any longer.
+    stop: CancellationToken,
 }
 
 impl<H: Handler> EventConsumer<H> {
@@ -152,6 +164,7 @@ impl<H: Handler> EventConsumer<H> {
             handler: Arc::new(handler),
             tuning: ConsumerTuning::default(),
             gate: watch::channel(true).1,
+            stop: CancellationToken::new(),
         }
     }
 
@@ -174,7 +187,10 @@ impl<H: Handler> EventConsumer<H> {
     /// Consumes until `stop` is cancelled. Each worker finishes (acks or requeues) the batch
     /// it is handling, then closes its channel, which returns its unacked prefetch to the queue.
     pub async fn run(self, stop: CancellationToken) {
-        let this = Arc::new(self);
+        let this = Arc::new(Self {
+            stop: stop.clone(),
+            ..self
+        });
         let workers = (0..this.tuning.workers).map(|worker| {
             let this = this.clone();
             let stop = stop.clone();
@@ -347,45 +363,55 @@ impl<H: Handler> EventConsumer<H> {
                 }
             }
         }
-        if let Some(batch) = self.prepare(decoded, publisher).await {
-            self.apply_and_settle(batch, publisher).await;
+        let mut hold = Hold::default();
+        if let Some(batch) = self.prepare(decoded, publisher, &mut hold).await {
+            self.apply_and_settle(batch, publisher, &mut hold).await;
         }
     }
 
     /// Runs the handler's first step for the batch, outside any transaction. What it failed on
-    /// is settled alone; the rest is returned with its prepared results. When a dependency is
-    /// unavailable, the whole batch goes back to the queue (and `None` is returned).
+    /// is settled alone; the rest is returned with its prepared results. While a dependency is
+    /// unavailable the batch is held and tried again (see [`Hold`]); past that, the whole batch
+    /// goes back to the queue (and `None` is returned).
     async fn prepare(
         &self,
         decoded: Vec<Pending<H::Event, ()>>,
         publisher: &Publisher,
+        hold: &mut Hold,
     ) -> Option<Vec<Item<H>>> {
         if decoded.is_empty() {
             return None;
         }
-        let started = std::time::Instant::now();
         let messages: Vec<_> = decoded.iter().map(|pending| &pending.message).collect();
-        let prepared = self.handler.prepare(&self.pool, &messages).await;
-        let took = started.elapsed();
-        let unavailable = if prepared.len() == decoded.len() {
-            prepared.iter().find_map(|result| match result {
+        let (prepared, took) = loop {
+            let started = std::time::Instant::now();
+            let prepared = self.handler.prepare(&self.pool, &messages).await;
+            let took = started.elapsed();
+            if prepared.len() != decoded.len() {
+                // A handler bug; applying without its first step could do harm, so nothing is.
+                tracing::error!(
+                    consumer = self.name,
+                    expected = decoded.len(),
+                    got = prepared.len(),
+                    "the handler prepared a different number of messages"
+                );
+                let error = anyhow::anyhow!("the handler's first step gave no result");
+                self.requeue_unavailable(decoded, took, &error).await;
+                return None;
+            }
+            let unavailable = prepared.iter().find_map(|result| match result {
                 Err(HandlerError::Unavailable(error)) => Some(anyhow::anyhow!("{error:#}")),
                 _ => None,
-            })
-        } else {
-            // A handler bug; applying without its first step could do harm, so nothing is.
-            tracing::error!(
-                consumer = self.name,
-                expected = decoded.len(),
-                got = prepared.len(),
-                "the handler prepared a different number of messages"
-            );
-            Some(anyhow::anyhow!("the handler's first step gave no result"))
+            });
+            match unavailable {
+                Some(error) if self.hold_on(hold, decoded.len(), &error).await => {}
+                Some(error) => {
+                    self.requeue_unavailable(decoded, took, &error).await;
+                    return None;
+                }
+                None => break (prepared, took),
+            }
         };
-        if let Some(error) = unavailable {
-            self.requeue_unavailable(decoded, took, &error).await;
-            return None;
-        }
         let mut batch = Vec::with_capacity(decoded.len());
         for (pending, result) in decoded.into_iter().zip(prepared) {
             match result {
