@@ -396,19 +396,29 @@ impl Topology {
             )
     }
 
+    /// Every queue of the namespace: each consumer queue, its dead-letter queue and its retry
+    /// queues.
+    pub fn queues(&self) -> Vec<String> {
+        SUBSCRIPTIONS
+            .iter()
+            .flat_map(|subscription| {
+                [
+                    self.queue(subscription),
+                    self.dead_letter_queue(subscription),
+                ]
+                .into_iter()
+                .chain(self.retry_queues(subscription))
+            })
+            .collect()
+    }
+
     /// Deletes everything [`Topology::declare`] made, messages included. For tests and for
-    /// tearing down a namespace; never called by the services.
+    /// tearing down a namespace (`eventsctl topology delete`); never called by the services.
     pub async fn delete(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        for subscription in SUBSCRIPTIONS {
-            let queues = [
-                self.queue(subscription),
-                self.dead_letter_queue(subscription),
-            ];
-            for queue in queues.into_iter().chain(self.retry_queues(subscription)) {
-                channel
-                    .queue_delete(queue.into(), QueueDeleteOptions::default())
-                    .await?;
-            }
+        for queue in self.queues() {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
         }
         for exchange in [self.exchange(), self.dead_letter_exchange()] {
             channel

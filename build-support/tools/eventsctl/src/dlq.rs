@@ -22,7 +22,7 @@ use messaging::{
 };
 use serde_json::json;
 
-use crate::{Filter, payload};
+use crate::{Filter, confirm, payload};
 
 /// Headers a failure added; a replay removes them so the message starts afresh.
 const FAILURE_HEADERS: &[&str] = &[
@@ -253,10 +253,10 @@ impl<'a> DeadLetters<'a> {
             total += self.depth(&channel, queue).await?;
         }
         if !yes
-            && !confirm(&format!(
-                "Delete {total} dead letter(s) from {}?",
-                queues.join(", ")
-            ))?
+            && !confirm(
+                &format!("Delete {total} dead letter(s) from {}?", queues.join(", ")),
+                "purge",
+            )?
         {
             writeln!(out, "nothing purged")?;
             return Ok(());
@@ -289,20 +289,6 @@ impl<'a> DeadLetters<'a> {
             ),
         }
     }
-}
-
-/// Asks on the terminal; refuses when there is none to ask on.
-fn confirm(question: &str) -> anyhow::Result<bool> {
-    use std::io::IsTerminal;
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "refusing to purge without confirmation: pass --yes (standard input is not a terminal)"
-        );
-    }
-    eprint!("{question} [y/N] ");
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
-    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
 }
 
 fn matches(filter: &Filter, message: &Delivery) -> bool {

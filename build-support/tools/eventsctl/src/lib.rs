@@ -6,9 +6,12 @@
 //! plain AMQP (no management plugin needed). Reading a queue never loses a message: messages are
 //! fetched unacknowledged and go back to the queue when the channel closes, except those a
 //! replay re-published (with confirms) or a purge deleted.
+//! `eventsctl topology delete` removes a namespace's queues and exchanges (keeping any that
+//! hold messages unless told to purge them).
 
 mod dlq;
 mod payload;
+mod topology;
 mod trace;
 
 use std::io::Write;
@@ -17,7 +20,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use lapin::{Connection, ConnectionProperties};
-use messaging::{BrokerAddresses, Namespace, Topology, topology::SUBSCRIPTIONS};
+use messaging::{BrokerAddresses, Namespace, RetryPolicy, Topology, topology::SUBSCRIPTIONS};
 
 /// The broker eventsctl talks to unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -46,6 +49,9 @@ pub enum Command {
     /// Dead-letter queues: what failed, and what to do about it.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// The namespace's queues and exchanges.
+    #[command(subcommand)]
+    Topology(TopologyCommand),
     /// One user's flow as a timeline: user, order and its status changes, payment, and the time
     /// each hop took, from the services' read APIs.
     Trace {
@@ -76,6 +82,24 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopologyCommand {
+    /// Delete the namespace's queues (consumer, retry and dead-letter queues) and exchanges,
+    /// e.g. to tear a stack down, or so that the services declare them again with another
+    /// QUEUE_TYPE. Stop the services first; queues that hold messages are kept unless --purge.
+    Delete {
+        /// The services' RETRY_DELAYS, which name their retry queues.
+        #[arg(long, env = "RETRY_DELAYS", default_value = messaging::retry::DEFAULT_RETRY_DELAYS)]
+        retry_delays: String,
+        /// Delete queues that still hold messages, and the messages with them.
+        #[arg(long)]
+        purge: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -154,6 +178,18 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let topology = Topology::new(Namespace::parse(&cli.bus_namespace)?);
     let command = match cli.command {
         Command::Dlq(command) => command,
+        Command::Topology(TopologyCommand::Delete {
+            retry_delays,
+            purge,
+            yes,
+        }) => {
+            let topology = topology.with_retry(RetryPolicy::parse(&retry_delays)?);
+            let addresses = BrokerAddresses::parse(&cli.amqp_url)?;
+            let connection = connect(&addresses).await?;
+            let outcome = topology::delete(&connection, &topology, purge, yes, out).await;
+            close(connection).await;
+            return outcome;
+        }
         Command::Trace {
             id,
             user_addr,
@@ -191,13 +227,31 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         } => dlq.replay(&filter, dry_run, rate, out).await,
         DlqCommand::Purge { yes, .. } => dlq.purge(yes, out).await,
     };
-    // Closing is a courtesy to the broker; never let it keep the operator waiting.
+    close(connection).await;
+    outcome
+}
+
+/// Closing is a courtesy to the broker; never let it keep the operator waiting.
+async fn close(connection: Connection) {
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(2),
         connection.close(200, "done".into()),
     )
     .await;
-    outcome
+}
+
+/// Asks on the terminal whether to `action`; refuses when there is no terminal to ask on.
+fn confirm(question: &str, action: &str) -> anyhow::Result<bool> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "refusing to {action} without confirmation: pass --yes (standard input is not a terminal)"
+        );
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES"))
 }
 
 fn select_queues(
