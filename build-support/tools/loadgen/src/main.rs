@@ -89,7 +89,8 @@ struct RunArgs {
     /// How long to wait for the last flows to complete.
     #[arg(long, default_value_t = 60)]
     drain_timeout: u64,
-    /// The user service.
+    /// The user service; several instances as a comma-separated list, the concurrent callers
+    /// spread over them in turn.
     #[arg(
         long,
         env = "USER_SERVICE_ADDR",
@@ -161,16 +162,22 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
     };
 
     // Drive CreateUser.
-    let users = UserServiceClient::connect(cli.user_addr.clone())
-        .await
-        .with_context(|| format!("cannot reach the user service at {}", cli.user_addr))?;
+    let mut instances = Vec::new();
+    for addr in cli.user_addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        instances.push(
+            UserServiceClient::connect(addr.to_owned())
+                .await
+                .with_context(|| format!("cannot reach the user service at {addr}"))?,
+        );
+    }
+    anyhow::ensure!(!instances.is_empty(), "USER_SERVICE_ADDR names no address");
     let run = uuid::Uuid::new_v4().simple().to_string();
     let started = Instant::now();
     let deadline = cli.duration.map(|secs| started + Duration::from_secs(secs));
     let next = Arc::new(AtomicU64::new(0));
-    let workers = (0..cli.concurrency.max(1)).map(|_| {
+    let workers = (0..cli.concurrency.max(1)).map(|worker| {
         let (mut users, observations, next, run) = (
-            users.clone(),
+            instances[worker % instances.len()].clone(),
             observations.clone(),
             next.clone(),
             run.clone(),
