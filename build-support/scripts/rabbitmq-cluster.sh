@@ -200,8 +200,10 @@ cmd_status() {
     fi
   done
   if [ -n "$first" ]; then
-    ctl "$first" eval \
-      'io:format("members: ~p~nrunning: ~p~n", [rabbit_nodes:all(), rabbit_nodes:all_running()]).' \
+    ctl "$first" eval '
+      Names = fun(Nodes) -> lists:join(" ", [atom_to_list(N) || N <- lists:sort(Nodes)]) end,
+      io:format("members: ~ts~nrunning: ~ts~n",
+                [Names(rabbit_nodes:all()), Names(rabbit_nodes:all_running())]).' \
       2>/dev/null | grep -v '^ok$' >&2 || true
   fi
   urls
