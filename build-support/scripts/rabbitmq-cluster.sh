@@ -62,10 +62,26 @@ ctl() {
 }
 
 pid_of() { cat "$(node_dir "$1")/pid" 2>/dev/null || true; }
+# A node whose VM was killed is a zombie until whoever adopted it reaps it: that is not up.
 is_up() {
-  local pid
+  local pid state
   pid=$(pid_of "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  [ -n "$pid" ] || return 1
+  state=$(ps -o stat= -p "$pid" 2>/dev/null) || return 1
+  [[ "$state" != Z* ]]
+}
+
+kill_node() {
+  local n=$1 pid
+  is_up "$n" || die "$(node_name "$n") is not running"
+  pid=$(pid_of "$n")
+  log "killing $(node_name "$n") (pid $pid) with SIGKILL"
+  kill -KILL "$pid"
+  for _ in $(seq 1 100); do
+    is_up "$n" || return 0
+    sleep 0.1
+  done
+  die "$(node_name "$n") (pid $pid) is still there after SIGKILL"
 }
 
 urls() {
@@ -167,14 +183,13 @@ cmd_start() {
 
 # Stops node n: `rabbitmqctl stop` waits for its VM to exit; a VM still there then is killed.
 stop_node() {
-  local n=$1 pid
-  pid=$(pid_of "$n")
+  local n=$1
   is_up "$n" || return 0
   log "stopping $(node_name "$n")"
   timeout 120 "${ctl_env[@]}" "$bin/rabbitmqctl" -n "$(node_name "$n")" stop "$(node_dir "$n")/pid" >/dev/null 2>&1 || true
-  if kill -0 "$pid" 2>/dev/null; then
-    log "$(node_name "$n") did not stop: killing pid $pid"
-    kill -KILL "$pid" 2>/dev/null || true
+  if is_up "$n"; then
+    log "$(node_name "$n") did not stop"
+    kill_node "$n"
   fi
 }
 
@@ -216,12 +231,7 @@ case "$command" in
   stop) cmd_stop "$@" ;;
   reset) cmd_stop --reset ;;
   status) cmd_status ;;
-  kill-node)
-    check_node "${1:-}"
-    is_up "$1" || die "$(node_name "$1") is not running"
-    log "killing $(node_name "$1") (pid $(pid_of "$1")) with SIGKILL"
-    kill -KILL "$(pid_of "$1")"
-    ;;
+  kill-node) check_node "${1:-}"; kill_node "$1" ;;
   stop-node) check_node "${1:-}"; stop_node "$1" ;;
   start-node)
     check_node "${1:-}"
