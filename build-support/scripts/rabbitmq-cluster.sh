@@ -51,8 +51,10 @@ if [ ! -x "$bin/rabbitmq-server" ]; then
   bin=$(dirname "$(command -v rabbitmq-server)")
 fi
 
-# One HOME for the nodes and for rabbitmqctl: one Erlang cookie, $dir/.erlang.cookie.
-ctl_env=(env HOME="$dir" RABBITMQ_CONF_ENV_FILE=/dev/null)
+# One HOME for the nodes and for rabbitmqctl: one Erlang cookie, $dir/.erlang.cookie. rabbitmqctl
+# listens on a port the system picks, not in the 11 ports every other rabbitmqctl shares.
+ctl_env=(env HOME="$dir" RABBITMQ_CONF_ENV_FILE=/dev/null
+  RABBITMQ_CTL_DIST_PORT_MIN=0 RABBITMQ_CTL_DIST_PORT_MAX=0)
 node_name() { echo "$name-$1@localhost"; }
 node_dir() { echo "$dir/node-$1"; }
 ctl() {
