@@ -4,8 +4,11 @@
 # creates its database (users, orders, payments) on start. Output is prefixed with the service
 # name. Ctrl-C (or SIGTERM) stops all three gracefully.
 #
-#   build-support/scripts/run-stack.sh [--release]
+#   build-support/scripts/run-stack.sh [--release] [--cluster]
 #
+# --cluster runs it on the local three-node RabbitMQ cluster of rabbitmq-cluster.sh (started
+# first, or reused if it runs) with AMQP_URL set to its nodes' list; the cluster keeps running
+# after the stack stops (`build-support/scripts/rabbitmq-cluster.sh stop` stops it).
 # Every service setting passes through from the environment (BUS_NAMESPACE, RUST_LOG, …); the
 # gRPC ports are 50051 (user), 50052 (order) and 50053 (payment).
 set -euo pipefail
@@ -13,12 +16,21 @@ cd "$(dirname "$0")/../.."
 
 profile=debug
 cargo_flags=()
-if [ "${1:-}" = "--release" ]; then
-  profile=release
-  cargo_flags=(--release)
-fi
+cluster=false
+for arg in "$@"; do
+  case "$arg" in
+    --release) profile=release; cargo_flags=(--release) ;;
+    --cluster) cluster=true ;;
+    *) echo "usage: $0 [--release] [--cluster]" >&2; exit 2 ;;
+  esac
+done
 
 build-support/scripts/ensure-services.sh
+if $cluster; then
+  AMQP_URL=$(build-support/scripts/rabbitmq-cluster.sh start)
+  export AMQP_URL
+  echo "[stack] on the RabbitMQ cluster $AMQP_URL" >&2
+fi
 cargo build "${cargo_flags[@]}" -p user-service -p order-service -p payment-service
 
 pids=()

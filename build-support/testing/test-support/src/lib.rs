@@ -1,10 +1,12 @@
 //! Test support shared by every integration test binary: an isolated [`Sandbox`] (fresh
 //! databases and a random `BUS_NAMESPACE` on the shared Postgres and RabbitMQ, removed on drop),
 //! a service [`Running`] in the test, event capture and publishing on the broker, polling with a
-//! deadline, and a TCP proxy that makes the broker reachable, cut or stalled on demand without
-//! touching the shared one; and [`hostile`] input with the assertions that go with it.
+//! deadline, a TCP proxy that makes the broker reachable, cut or stalled on demand without
+//! touching the shared one, private brokers, Postgres servers and a [`PrivateCluster`] of RabbitMQ
+//! nodes; and [`hostile`] input with the assertions that go with it.
 
 mod broker;
+mod cluster;
 pub mod hostile;
 mod private_servers;
 mod proxy;
@@ -13,6 +15,7 @@ mod running;
 pub use broker::{
     dead_letters, new_context, poison, publish, publish_raw, publisher, queue_depth, take_message,
 };
+pub use cluster::PrivateCluster;
 pub use private_servers::{PrivateBroker, PrivatePostgres};
 pub use proxy::BrokerProxy;
 pub use running::Running;

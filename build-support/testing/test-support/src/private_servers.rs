@@ -18,7 +18,8 @@ use crate::unused_port;
 /// far slower on two cores busy with the other tests.
 const STARTUP: Duration = Duration::from_secs(120);
 
-fn scratch_dir(prefix: &str) -> PathBuf {
+/// A new, empty directory under the system's temp directory, named `prefix-<random>`.
+pub(crate) fn scratch_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{prefix}-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("a scratch directory");
     dir
