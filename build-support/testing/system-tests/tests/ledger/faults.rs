@@ -12,10 +12,12 @@ use lapin::{
 use messaging::{Topology, topology::SUBSCRIPTIONS};
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::{
+use system_tests::ledger::{
     book::{DeadLetters, INJECTED_HEADER},
-    stack::{ChaosStack, HEARTBEAT, Service},
+    stack::{HEARTBEAT, Stack},
 };
+
+use crate::stack::{ChaosStack, Service};
 
 /// Events copied per routing key for the duplicates.
 const DUPLICATES_PER_KEY: usize = 20;

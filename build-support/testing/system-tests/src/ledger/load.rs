@@ -1,6 +1,7 @@
 //! The load: CreateUser at a steady rate with the test cards mixed in, each call with its own
-//! request_id, and the resolution of the calls whose outcome was unknown by resending it
-//! (AIP-155), as a well-behaved client does.
+//! request_id, spread over the user-service instances in turn, and the resolution of the calls
+//! whose outcome was unknown by resending it (AIP-155), as a well-behaved client does: to the
+//! next instance each time, so that one instance down does not hold a call up.
 
 use std::time::Duration;
 
@@ -10,14 +11,18 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
 use uuid::Uuid;
 
-use crate::book::{Call, Calls, Card, Outcome};
+use crate::ledger::book::{Call, Calls, Card, Outcome};
 
 /// A caller's deadline for one CreateUser.
 const DEADLINE: Duration = Duration::from_secs(2);
 /// How long resending an unknown call may go on.
 const RESOLVE_FOR: Duration = Duration::from_secs(120);
 
+/// A client of each user-service instance.
+pub type Users = Vec<UserServiceClient<Channel>>;
+
 /// A load running in the background until [`Load::stop`].
+#[derive(Debug)]
 pub struct Load {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -25,8 +30,9 @@ pub struct Load {
 
 impl Load {
     /// Starts `rate` calls a second, numbered on from the calls already in `calls`, with
-    /// e-mails unique to `run`.
-    pub fn start(users: UserServiceClient<Channel>, calls: Calls, rate: u32, run: String) -> Self {
+    /// e-mails unique to `run`, call `n` to instance `n % users.len()`.
+    pub fn start(users: Users, calls: Calls, rate: u32, run: String) -> Self {
+        assert!(!users.is_empty(), "a load needs a user-service instance");
         let stop = CancellationToken::new();
         let stopping = stop.clone();
         let task = tokio::spawn(async move {
@@ -51,7 +57,7 @@ impl Load {
                     });
                     n
                 };
-                let (users, calls) = (users.clone(), calls.clone());
+                let (users, calls) = (users[index % users.len()].clone(), calls.clone());
                 in_flight.spawn(async move {
                     let call = calls.lock().expect("not poisoned")[index].clone();
                     let outcome = create_user(users, &call).await;
@@ -92,9 +98,10 @@ async fn create_user(mut users: UserServiceClient<Channel>, call: &Call) -> Outc
     }
 }
 
-/// Resends every call whose outcome is unknown, with its request_id, until each is answered.
-/// Returns how many there were; panics if one stays unknown for two minutes.
-pub async fn resolve(users: &UserServiceClient<Channel>, calls: &Calls) -> usize {
+/// Resends every call whose outcome is unknown, with its request_id, until each is answered,
+/// each time to the next instance. Returns how many there were; panics if one stays unknown for
+/// two minutes.
+pub async fn resolve(users: &Users, calls: &Calls) -> usize {
     let unknown: Vec<usize> = calls
         .lock()
         .expect("not poisoned")
@@ -105,9 +112,10 @@ pub async fn resolve(users: &UserServiceClient<Channel>, calls: &Calls) -> usize
         .collect();
     let deadline = tokio::time::Instant::now() + RESOLVE_FOR;
     for &index in &unknown {
-        loop {
+        for attempt in 1.. {
             let call = calls.lock().expect("not poisoned")[index].clone();
-            let outcome = create_user(users.clone(), &call).await;
+            let instance = &users[(index + attempt) % users.len()];
+            let outcome = create_user(instance.clone(), &call).await;
             let known = !matches!(outcome, Outcome::Unknown(_));
             {
                 let mut calls = calls.lock().expect("not poisoned");

@@ -16,7 +16,7 @@ use prost::Message;
 use proto::order::v1::OrderCreated;
 use uuid::Uuid;
 
-use crate::stack::ChaosStack;
+use crate::ledger::stack::Databases;
 
 /// The header that marks the poison the ledger injects, so its dead letters are expected.
 pub const INJECTED_HEADER: &str = "chaos_injected";
@@ -129,29 +129,29 @@ impl Verdict {
 }
 
 /// Reads the databases and the gateway's records and holds them against the calls.
-pub async fn check(stack: &ChaosStack, calls: &[Call], dead: &DeadLetters) -> Verdict {
+pub async fn check(databases: &Databases, calls: &[Call], dead: &DeadLetters) -> Verdict {
     let users: Vec<(Uuid, String)> = sqlx::query_as("select user_id, email from users")
-        .fetch_all(&stack.users_db)
+        .fetch_all(&databases.users)
         .await
         .unwrap_or_default();
     let orders: Vec<(Uuid, Uuid, String)> =
         sqlx::query_as("select user_id, order_id, status from orders")
-            .fetch_all(&stack.orders_db)
+            .fetch_all(&databases.orders)
             .await
             .unwrap_or_default();
     let payments: Vec<(Uuid, String)> = sqlx::query_as("select order_id, status from payments")
-        .fetch_all(&stack.payments_db)
+        .fetch_all(&databases.payments)
         .await
         .unwrap_or_default();
     let charges: Vec<(Uuid, i64)> = sqlx::query_as(
         "select order_id, count(*) filter (where outcome = 'succeeded') \
          from simulated_charges group by order_id",
     )
-    .fetch_all(&stack.payments_db)
+    .fetch_all(&databases.payments)
     .await
     .unwrap_or_default();
     let mut outbox_rows = 0;
-    for db in [&stack.users_db, &stack.orders_db, &stack.payments_db] {
+    for db in databases.all() {
         outbox_rows += sqlx::query_scalar::<_, i64>("select count(*) from outbox")
             .fetch_one(db)
             .await
