@@ -184,9 +184,9 @@ impl Ledger {
         self.record(stack, name, window, loaded, books).await
     }
 
-    /// Prints the table and fails the test unless every row balanced.
-    pub fn finish(self) {
-        let table = report::table(self.title, &self.rows, &self.config);
+    /// Prints the table, with `notes` under it, and fails the test unless every row balanced.
+    pub fn finish(self, notes: &str) {
+        let table = report::table(self.title, &self.rows, &self.config) + notes;
         // Straight to the terminal: libtest captures only print! and eprint!.
         let _ = std::io::stderr().write_all(table.as_bytes());
         assert!(

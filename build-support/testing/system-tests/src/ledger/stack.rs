@@ -1,12 +1,13 @@
 //! What a stack under the ledger offers the books, and what every such stack sets up alike: the
-//! services' environment, the pools the books read through, the folder the services log to.
+//! sandbox, the services' environment, the pools the books read through, the folder the
+//! services log to, the test's own broker connection.
 
 use std::{
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use lapin::Connection;
+use lapin::{Connection, ConnectionProperties};
 use messaging::Topology;
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use test_support::{Sandbox, TEST_RETRY_DELAYS};
@@ -22,16 +23,84 @@ pub const HEARTBEAT: Duration = Duration::from_secs(2);
 pub trait Stack {
     /// A client of each user-service instance.
     fn users(&self) -> Users;
-    /// The pools on the three services' databases.
-    fn databases(&self) -> &Databases;
-    /// The bus namespace's exchanges and queues.
-    fn topology(&self) -> &Topology;
-    /// A connection of the test's own to the broker, opened again when it was lost.
-    async fn amqp(&mut self) -> &Connection;
+    /// What it has like every other stack.
+    fn base(&self) -> &Base;
+    fn base_mut(&mut self) -> &mut Base;
+    /// The AMQP URLs of the test's own connection to the broker, tried in turn.
+    fn broker_urls(&self) -> Vec<String>;
     /// Where the broker's queues, connections and channels stand, for a failure message.
     async fn broker_state(&self) -> String;
+
+    /// The pools on the three services' databases.
+    fn databases(&self) -> &Databases {
+        &self.base().databases
+    }
+
+    /// The bus namespace's exchanges and queues.
+    fn topology(&self) -> &Topology {
+        &self.base().sandbox.topology
+    }
+
+    /// A connection of the test's own to the broker, opened again (to the first of
+    /// [`Stack::broker_urls`] that answers) when it was lost.
+    async fn amqp(&mut self) -> &Connection {
+        let urls = self.broker_urls();
+        reconnect(&mut self.base_mut().amqp, &urls).await
+    }
+
     /// The folder the services log to.
-    fn logs(&self) -> &Path;
+    fn logs(&self) -> &Path {
+        self.base().logs.path()
+    }
+}
+
+/// What every stack under the ledger has alike: the sandbox (databases and namespace), pools on
+/// its databases, the folder the services log to, the test's own broker connection.
+#[derive(Debug)]
+pub struct Base {
+    pub sandbox: Sandbox,
+    databases: Databases,
+    amqp: Option<Connection>,
+    logs: LogFolder,
+}
+
+impl Base {
+    /// A sandbox on the Postgres server at `postgres`, and a log folder named after `name`.
+    pub fn new(name: &str, postgres: &str) -> Self {
+        let sandbox = Sandbox::on_postgres(postgres);
+        Self {
+            databases: Databases::of(&sandbox),
+            logs: LogFolder::new(name, &sandbox),
+            amqp: None,
+            sandbox,
+        }
+    }
+
+    /// The environment of `service` on the sandbox's databases and namespace, against the
+    /// broker(s) at `amqp_url`, with the ledger's heartbeat and retry delays.
+    pub fn service_env(&self, service: Service, amqp_url: &str) -> Vec<(&'static str, String)> {
+        let sandbox = &self.sandbox;
+        vec![
+            ("DATABASE_URL", sandbox.database_url(service.database())),
+            ("AMQP_URL", amqp_url.to_owned()),
+            ("AMQP_HEARTBEAT", format!("{}s", HEARTBEAT.as_secs())),
+            (
+                "BUS_NAMESPACE",
+                sandbox.topology.namespace().as_str().to_owned(),
+            ),
+            // Room for a +flaky charge's two failures and those a fault adds.
+            ("RETRY_DELAYS", format!("{TEST_RETRY_DELAYS},800ms,1600ms")),
+            ("GATEWAY_LATENCY", "5ms..50ms".into()),
+            ("RUST_LOG", "warn".into()),
+            // Errors are expected by the hundred here; their backtraces are not needed.
+            ("RUST_LIB_BACKTRACE", "0".into()),
+        ]
+    }
+
+    /// Where the process called `name` logs.
+    pub fn log(&self, name: &str) -> PathBuf {
+        self.logs.path().join(format!("{name}.log"))
+    }
 }
 
 /// Pools on the three services' databases, for reading the books.
@@ -44,7 +113,7 @@ pub struct Databases {
 
 impl Databases {
     /// Small lazy pools on `sandbox`'s databases (the services create them).
-    pub fn of(sandbox: &Sandbox) -> Self {
+    fn of(sandbox: &Sandbox) -> Self {
         let pool = |service: Service| {
             PgPoolOptions::new()
                 .max_connections(4)
@@ -64,44 +133,20 @@ impl Databases {
     }
 }
 
-/// The environment of `service` on `sandbox`'s databases and namespace, against the broker(s)
-/// at `amqp_url`, with the ledger's heartbeat and retry delays.
-pub fn service_env(
-    sandbox: &Sandbox,
-    service: Service,
-    amqp_url: &str,
-) -> Vec<(&'static str, String)> {
-    vec![
-        ("DATABASE_URL", sandbox.database_url(service.database())),
-        ("AMQP_URL", amqp_url.to_owned()),
-        ("AMQP_HEARTBEAT", format!("{}s", HEARTBEAT.as_secs())),
-        (
-            "BUS_NAMESPACE",
-            sandbox.topology.namespace().as_str().to_owned(),
-        ),
-        // Room for a +flaky charge's two failures and those a fault adds.
-        ("RETRY_DELAYS", format!("{TEST_RETRY_DELAYS},800ms,1600ms")),
-        ("GATEWAY_LATENCY", "5ms..50ms".into()),
-        ("RUST_LOG", "warn".into()),
-        // Errors are expected by the hundred here; their backtraces are not needed.
-        ("RUST_LIB_BACKTRACE", "0".into()),
-    ]
-}
-
 /// A folder for the services' logs, removed when dropped unless the test failed.
 #[derive(Debug)]
-pub struct LogFolder(PathBuf);
+struct LogFolder(PathBuf);
 
 impl LogFolder {
     /// `$TMPDIR/<name>-<namespace>`.
-    pub fn new(name: &str, sandbox: &Sandbox) -> Self {
+    fn new(name: &str, sandbox: &Sandbox) -> Self {
         let path =
             std::env::temp_dir().join(format!("{name}-{}", sandbox.topology.namespace().as_str()));
         std::fs::create_dir_all(&path).expect("a log folder");
         Self(path)
     }
 
-    pub fn path(&self) -> &Path {
+    fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -112,4 +157,25 @@ impl Drop for LogFolder {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// The test's own broker connection kept in `slot`, opened again when it was lost, to the first
+/// of `urls` that answers (retrying until one does).
+async fn reconnect<'a>(slot: &'a mut Option<Connection>, urls: &[String]) -> &'a Connection {
+    let alive = slot.as_ref().is_some_and(|amqp| amqp.status().connected());
+    if !alive {
+        let connection = test_support::eventually_some(|| async {
+            for url in urls {
+                if let Ok(connection) =
+                    Connection::connect(url, ConnectionProperties::default()).await
+                {
+                    return Some(connection);
+                }
+            }
+            None
+        })
+        .await;
+        *slot = Some(connection);
+    }
+    slot.as_ref().expect("connected")
 }

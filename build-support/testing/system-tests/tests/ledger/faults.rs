@@ -134,13 +134,13 @@ impl Fault {
                 if copies.is_empty() {
                     return Err("no event was captured to duplicate".into());
                 }
-                let topology = stack.sandbox.topology.clone();
+                let topology = stack.topology().clone();
                 republish(stack.amqp().await, &topology, &copies, 2).await;
                 taps.copies = copies;
                 Ok(())
             }
             Self::Poison => {
-                let topology = stack.sandbox.topology.clone();
+                let topology = stack.topology().clone();
                 let amqp = stack.amqp().await;
                 let types = [
                     "user.v1.UserCreated",

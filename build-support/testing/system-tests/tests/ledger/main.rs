@@ -47,7 +47,7 @@ async fn every_accepted_user_is_charged_exactly_once_through_every_fault() {
     }
 
     // Assert
-    ledger.finish();
+    ledger.finish("");
 }
 
 /// One fault under the load, and its row; whether the faults after it can still be measured.
@@ -55,7 +55,7 @@ async fn every_accepted_user_is_charged_exactly_once_through_every_fault() {
 /// more after the books first balanced (late duplicates).
 async fn run_fault(ledger: &mut Ledger, stack: &mut ChaosStack, fault: Fault, run: &str) -> bool {
     let window = ledger.open();
-    let topology = stack.sandbox.topology.clone();
+    let topology = stack.topology().clone();
     let mut taps = if fault == Fault::DuplicateEvents {
         Some(Taps::start(stack.amqp().await, &topology).await)
     } else {

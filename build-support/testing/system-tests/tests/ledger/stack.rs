@@ -3,31 +3,24 @@
 //! every broker connection), so that each can be killed, stopped or cut without touching the
 //! shared servers.
 
-use std::path::Path;
-
-use lapin::{Connection, ConnectionProperties};
-use messaging::Topology;
 use proto::user::v1::user_service_client::UserServiceClient;
 pub use system_tests::processes::{Service, ServiceProcess};
 use system_tests::{
     ledger::{
         load::Users,
-        stack::{Databases, LogFolder, Stack, service_env},
+        stack::{Base, Stack},
     },
     processes::binaries,
 };
-use test_support::{BrokerProxy, PrivateBroker, PrivatePostgres, Sandbox};
+use test_support::{BrokerProxy, PrivateBroker, PrivatePostgres};
 
 /// Everything the ledger runs on. Fields drop in order: the services first, the servers last.
 pub struct ChaosStack {
     pub services: Vec<ServiceProcess>,
-    databases: Databases,
-    amqp: Option<Connection>,
-    pub sandbox: Sandbox,
+    base: Base,
     pub proxy: BrokerProxy,
     pub broker: PrivateBroker,
     pub postgres: PrivatePostgres,
-    logs: LogFolder,
 }
 
 impl ChaosStack {
@@ -36,29 +29,24 @@ impl ChaosStack {
     pub async fn start() -> Self {
         let (postgres, broker) = tokio::join!(PrivatePostgres::start(), PrivateBroker::start());
         let proxy = BrokerProxy::start(&format!("127.0.0.1:{}", broker.port())).await;
-        let sandbox = Sandbox::on_postgres(&postgres.url());
-        let logs = LogFolder::new("chaos-ledger", &sandbox);
+        let base = Base::new("chaos-ledger", &postgres.url());
         let bin = binaries();
         let services: Vec<_> = Service::ALL
             .into_iter()
             .map(|service| {
-                let env = service_env(&sandbox, service, &proxy.url());
-                let log = logs.path().join(format!("{}.log", service.binary()));
-                ServiceProcess::spawn(service, &bin, env, log)
+                let env = base.service_env(service, &proxy.url());
+                ServiceProcess::spawn(service, &bin, env, base.log(service.binary()))
             })
             .collect();
         for process in &services {
             process.wait_until_serving().await;
         }
         Self {
-            databases: Databases::of(&sandbox),
             services,
-            amqp: None,
-            sandbox,
+            base,
             proxy,
             broker,
             postgres,
-            logs,
         }
     }
 
@@ -75,38 +63,20 @@ impl Stack for ChaosStack {
         vec![UserServiceClient::new(self.services[0].channel())]
     }
 
-    fn databases(&self) -> &Databases {
-        &self.databases
+    fn base(&self) -> &Base {
+        &self.base
     }
 
-    fn topology(&self) -> &Topology {
-        &self.sandbox.topology
+    fn base_mut(&mut self) -> &mut Base {
+        &mut self.base
     }
 
-    /// The test's own connection to the private broker (not through the proxy), opened again
-    /// after the broker restarted.
-    async fn amqp(&mut self) -> &Connection {
-        let alive = self
-            .amqp
-            .as_ref()
-            .is_some_and(|amqp| amqp.status().connected());
-        if !alive {
-            let connection = test_support::eventually_some(|| async {
-                Connection::connect(&self.broker.url(), ConnectionProperties::default())
-                    .await
-                    .ok()
-            })
-            .await;
-            self.amqp = Some(connection);
-        }
-        self.amqp.as_ref().expect("connected")
+    /// The private broker itself, not through the proxy.
+    fn broker_urls(&self) -> Vec<String> {
+        vec![self.broker.url()]
     }
 
     async fn broker_state(&self) -> String {
         self.broker.state().await
-    }
-
-    fn logs(&self) -> &Path {
-        self.logs.path()
     }
 }
