@@ -1,26 +1,34 @@
-//! The faults the cluster test injects, one at a time under the load, each with its recovery.
+//! The faults the cluster test injects, one at a time under the load, each with its recovery:
+//! two of the RabbitMQ nodes (the one leading most of the namespace's quorum queues, the one
+//! most service connections are on), and of the service instances.
 
 use std::time::Duration;
 
-use system_tests::processes::Service;
+use system_tests::{ledger::stack::Stack, processes::Service};
 
 use crate::stack::ClusterStack;
 
 /// How long the killed instances stay down while the others carry the load.
 const DOWN_FOR: Duration = Duration::from_secs(2);
+/// How long every instance may take to say SERVING again with a node down.
+const FAILOVER_WITHIN: Duration = Duration::from_secs(60);
 
 /// One fault and its recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     Nothing,
+    LeadingNodeKill9,
+    BusiestNodeStop,
     OneInstanceOfEachKill9,
     RollingRestart,
 }
 
 impl Fault {
     /// Every fault, in the order the test injects them.
-    pub const ALL: [Self; 3] = [
+    pub const ALL: [Self; 5] = [
         Self::Nothing,
+        Self::LeadingNodeKill9,
+        Self::BusiestNodeStop,
         Self::OneInstanceOfEachKill9,
         Self::RollingRestart,
     ];
@@ -28,6 +36,8 @@ impl Fault {
     pub fn name(self) -> String {
         match self {
             Self::Nothing => "none (two instances of each)".into(),
+            Self::LeadingNodeKill9 => "kill -9 node leading most queues".into(),
+            Self::BusiestNodeStop => "stop node most connections are on".into(),
             Self::OneInstanceOfEachKill9 => "kill -9 one instance of each".into(),
             Self::RollingRestart => "rolling restart, every instance".into(),
         }
@@ -38,10 +48,68 @@ impl Fault {
     pub async fn inject(self, stack: &mut ClusterStack) -> Result<(), String> {
         match self {
             Self::Nothing => Ok(()),
+            Self::LeadingNodeKill9 => kill_leading_node(stack).await,
+            Self::BusiestNodeStop => stop_busiest_node(stack).await,
             Self::OneInstanceOfEachKill9 => kill_one_of_each(stack).await,
             Self::RollingRestart => rolling_restart(stack).await,
         }
     }
+}
+
+/// kill -9 the node that leads most of the namespace's quorum queues; every instance must say
+/// SERVING again while it is down (on the other nodes); then it is started again and rejoins.
+async fn kill_leading_node(stack: &mut ClusterStack) -> Result<(), String> {
+    let prefix = format!("{}.", stack.topology().namespace().as_str());
+    let before = stack.cluster.queue_leaders(&prefix).await;
+    let node = most(&before);
+    stack.cluster.kill_9(node).await;
+    let failover = failover(stack).await;
+    let during = stack.cluster.queue_leaders(&prefix).await;
+    stack.cluster.start_node(node).await;
+    stack.notes.push(format!(
+        "kill -9 node {node}: quorum queues led per node {before:?}, with it down {during:?}; \
+         {}",
+        failover.as_ref().map_or_else(Clone::clone, |took| format!(
+            "every instance SERVING again after {:.1} s",
+            took.as_secs_f64()
+        ))
+    ));
+    failover.map(|_| ())
+}
+
+/// Stops (gracefully, the whole node) the node most service connections are on; every instance
+/// must say SERVING again while it is down; then it is started again, so that the next fault has
+/// three nodes.
+async fn stop_busiest_node(stack: &mut ClusterStack) -> Result<(), String> {
+    let before = stack.cluster.connections().await;
+    let node = most(&before);
+    stack.cluster.stop_node(node).await;
+    let failover = failover(stack).await;
+    let during = stack.cluster.connections().await;
+    stack.cluster.start_node(node).await;
+    stack.notes.push(format!(
+        "stop node {node}: client connections per node {before:?}, with it down {during:?}; {}",
+        failover.as_ref().map_or_else(Clone::clone, |took| format!(
+            "every instance SERVING again after {:.1} s",
+            took.as_secs_f64()
+        ))
+    ));
+    failover.map(|_| ())
+}
+
+/// With a node just gone: how long until every instance says SERVING again (on the others),
+/// counted from the node's end; at least [`DOWN_FOR`], so that a lost connection was noticed.
+async fn failover(stack: &ClusterStack) -> Result<Duration, String> {
+    tokio::time::sleep(DOWN_FOR).await;
+    let took = stack.all_serving(FAILOVER_WITHIN).await?;
+    Ok(DOWN_FOR + took)
+}
+
+/// The node with the most (the first of equals).
+fn most(per_node: &[usize]) -> usize {
+    (0..per_node.len())
+        .max_by_key(|&node| (per_node[node], std::cmp::Reverse(node)))
+        .expect("a cluster has nodes")
 }
 
 /// kill -9 the first instance of each service at once, leaves them down for [`DOWN_FOR`] while

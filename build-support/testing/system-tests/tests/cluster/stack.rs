@@ -1,6 +1,7 @@
 //! The stack under test: two instances of each service binary (six processes), all started at
-//! the same moment on fresh databases, on a private Postgres cluster and a private RabbitMQ
-//! node, each instance on gRPC and metrics ports of its own, the two user-service instances
+//! the same moment on fresh databases, on a private Postgres cluster and a private three-node
+//! RabbitMQ cluster (quorum queues; each instance given every node's URL, connected to one that
+//! answers), each instance on gRPC and metrics ports of its own, the two user-service instances
 //! sharing the load.
 
 use std::time::Duration;
@@ -13,7 +14,8 @@ use system_tests::{
     },
     processes::{Service, ServiceProcess, binaries},
 };
-use test_support::{PrivateBroker, PrivatePostgres};
+use test_support::{PrivateCluster, PrivatePostgres};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Instances of each service.
 pub const INSTANCES: usize = 2;
@@ -82,27 +84,30 @@ impl Instance {
 pub struct ClusterStack {
     pub instances: Vec<Instance>,
     base: Base,
-    pub broker: PrivateBroker,
+    pub cluster: PrivateCluster,
     /// Held for its life: dropping it stops the server.
     _postgres: PrivatePostgres,
     /// How long the six instances took from their common start to all saying SERVING.
     pub started_in: Duration,
+    /// What the faults saw on the way (which node, how long), printed under the table.
+    pub notes: Vec<String>,
 }
 
 impl ClusterStack {
     /// Starts the private servers, then every instance at once on the fresh databases (they race
     /// to create the databases and run the migrations), and waits until all say SERVING.
     pub async fn start() -> Self {
-        let (postgres, broker) = tokio::join!(PrivatePostgres::start(), PrivateBroker::start());
+        let (postgres, cluster) = tokio::join!(PrivatePostgres::start(), PrivateCluster::start());
         let base = Base::new("cluster-ledger", &postgres.url());
         let bin = binaries();
-        let amqp_url = broker.url();
+        let amqp_url = cluster.urls();
         let started = tokio::time::Instant::now();
         let instances: Vec<Instance> = (0..INSTANCES)
             .flat_map(|n| Service::ALL.map(|service| (n, service)))
             .map(|(n, service)| {
                 let name = format!("{}#{n}", service.binary());
-                let env = base.service_env(service, &amqp_url);
+                let mut env = base.service_env(service, &amqp_url);
+                env.push(("QUEUE_TYPE", "quorum".into()));
                 Instance {
                     process: ServiceProcess::spawn(service, &bin, env, base.log(&name)),
                     name,
@@ -120,8 +125,9 @@ impl ClusterStack {
             started_in: started.elapsed(),
             instances,
             base,
-            broker,
+            cluster,
             _postgres: postgres,
+            notes: Vec::new(),
         }
     }
 
@@ -130,6 +136,29 @@ impl ClusterStack {
         self.instances
             .iter_mut()
             .filter(move |instance| instance.process.service == service)
+    }
+
+    /// Waits until every instance says SERVING (`within` at most); how long it took.
+    pub async fn all_serving(&self, within: Duration) -> Result<Duration, String> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let mut waiting = Vec::new();
+            for instance in &self.instances {
+                if instance.process.health().await != Some(ServingStatus::Serving) {
+                    waiting.push(instance.name.as_str());
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > within {
+                return Err(format!(
+                    "not SERVING within {within:?}: {}",
+                    waiting.join(", ")
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Each instance's name and the work it did.
@@ -160,10 +189,12 @@ impl Stack for ClusterStack {
     }
 
     fn broker_urls(&self) -> Vec<String> {
-        vec![self.broker.url()]
+        (0..self.cluster.len())
+            .map(|node| self.cluster.url(node))
+            .collect()
     }
 
     async fn broker_state(&self) -> String {
-        self.broker.state().await
+        self.cluster.state().await
     }
 }
