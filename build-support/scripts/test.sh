@@ -5,15 +5,16 @@
 #
 #   build-support/scripts/test.sh [--chaos-long] [cargo test arguments…]
 #
-# The chaos ledger (build-support/testing/system-tests/tests/ledger) runs a short round by default;
-# --chaos-long runs it for three rounds at a higher rate, each fault under a longer load.
+# The chaos ledger (build-support/testing/system-tests/tests/ledger) and the cluster ledger
+# (tests/cluster) run a short round by default; --chaos-long runs each for three rounds at a
+# higher rate, each fault under a longer load.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 args=()
 for arg in "$@"; do
   case "$arg" in
-    --chaos-long) export LEDGER_LONG=1 ;;
+    --chaos-long) export LEDGER_LONG=1 CLUSTER_LONG=1 ;;
     *) args+=("$arg") ;;
   esac
 done

@@ -163,7 +163,12 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
 
     // Drive CreateUser.
     let mut instances = Vec::new();
-    for addr in cli.user_addr.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+    for addr in cli
+        .user_addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
         instances.push(
             UserServiceClient::connect(addr.to_owned())
                 .await

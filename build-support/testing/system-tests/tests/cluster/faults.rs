@@ -60,20 +60,19 @@ impl Fault {
 /// SERVING again while it is down (on the other nodes); then it is started again and rejoins.
 async fn kill_leading_node(stack: &mut ClusterStack) -> Result<(), String> {
     let prefix = format!("{}.", stack.topology().namespace().as_str());
-    let before = stack.cluster.queue_leaders(&prefix).await;
-    let node = most(&before);
+    let before = Spread::of(stack, &prefix).await;
+    let node = most(&before.leaders);
     stack.cluster.kill_9(node).await;
     let failover = failover(stack).await;
-    let during = stack.cluster.queue_leaders(&prefix).await;
+    let during = Spread::of(stack, &prefix).await;
     stack.cluster.start_node(node).await;
-    stack.notes.push(format!(
-        "kill -9 node {node}: quorum queues led per node {before:?}, with it down {during:?}; \
-         {}",
-        failover.as_ref().map_or_else(Clone::clone, |took| format!(
-            "every instance SERVING again after {:.1} s",
-            took.as_secs_f64()
-        ))
-    ));
+    note(
+        stack,
+        format!("kill -9 node {node}"),
+        before,
+        during,
+        &failover,
+    );
     failover.map(|_| ())
 }
 
@@ -81,20 +80,58 @@ async fn kill_leading_node(stack: &mut ClusterStack) -> Result<(), String> {
 /// must say SERVING again while it is down; then it is started again, so that the next fault has
 /// three nodes.
 async fn stop_busiest_node(stack: &mut ClusterStack) -> Result<(), String> {
-    let before = stack.cluster.connections().await;
-    let node = most(&before);
+    let prefix = format!("{}.", stack.topology().namespace().as_str());
+    let before = Spread::of(stack, &prefix).await;
+    let node = most(&before.connections);
     stack.cluster.stop_node(node).await;
     let failover = failover(stack).await;
-    let during = stack.cluster.connections().await;
+    let during = Spread::of(stack, &prefix).await;
     stack.cluster.start_node(node).await;
-    stack.notes.push(format!(
-        "stop node {node}: client connections per node {before:?}, with it down {during:?}; {}",
-        failover.as_ref().map_or_else(Clone::clone, |took| format!(
+    note(
+        stack,
+        format!("stop node {node}"),
+        before,
+        during,
+        &failover,
+    );
+    failover.map(|_| ())
+}
+
+/// Per node: the namespace's quorum queues it leads, the client connections it holds.
+#[derive(Debug)]
+struct Spread {
+    leaders: Vec<usize>,
+    connections: Vec<usize>,
+}
+
+impl Spread {
+    async fn of(stack: &ClusterStack, prefix: &str) -> Self {
+        Self {
+            leaders: stack.cluster.queue_leaders(prefix).await,
+            connections: stack.cluster.connections().await,
+        }
+    }
+}
+
+/// What a node fault saw, for the notes under the table.
+fn note(
+    stack: &mut ClusterStack,
+    fault: String,
+    before: Spread,
+    during: Spread,
+    failover: &Result<Duration, String>,
+) {
+    let failover = failover.as_ref().map_or_else(Clone::clone, |took| {
+        format!(
             "every instance SERVING again after {:.1} s",
             took.as_secs_f64()
-        ))
+        )
+    });
+    stack.notes.push(format!(
+        "{fault}: queue leaders per node {:?} -> {:?} with it down, client connections {:?} -> \
+         {:?}; {failover}",
+        before.leaders, during.leaders, before.connections, during.connections
     ));
-    failover.map(|_| ())
 }
 
 /// With a node just gone: how long until every instance says SERVING again (on the others),

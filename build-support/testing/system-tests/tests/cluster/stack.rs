@@ -121,13 +121,17 @@ impl ClusterStack {
                 .map(|instance| instance.process.wait_until_serving()),
         )
         .await;
+        let started_in = started.elapsed();
+        let connections = cluster.connections().await;
         Self {
-            started_in: started.elapsed(),
+            started_in,
             instances,
             base,
             cluster,
             _postgres: postgres,
-            notes: Vec::new(),
+            notes: vec![format!(
+                "after the start: client connections per node {connections:?}"
+            )],
         }
     }
 
