@@ -28,6 +28,7 @@
 set -euo pipefail
 
 log() { printf '[rabbitmq-cluster] %s\n' "$*" >&2; }
+advanced_config="$(cd "$(dirname "$0")/../docker/rabbitmq" && pwd)/advanced.config"
 die() { log "$*"; exit 1; }
 
 dir=${RABBITMQ_CLUSTER_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/event-driven/rabbitmq-cluster}
@@ -107,6 +108,8 @@ spawn_node() {
   mkdir -p "$node_dir"
   rm -f "$node_dir/pid"
   printf 'listeners.tcp.local = 127.0.0.1:%s\n' "$((base_port + n - 1))" >"$node_dir/rabbitmq.conf"
+  # The stack's broker settings beyond rabbitmq.conf (the dead-letter worker's confirm timeout).
+  cp "$advanced_config" "$node_dir/advanced.config"
   log "starting $(node_name "$n") (AMQP :$((base_port + n - 1)), distribution :$((dist_base_port + n - 1)))"
   (
     cd "$node_dir"
