@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::{
     EventConsumer, Handler, HandlerError, Incoming,
     apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
-    failures::Hold,
+    hold::Hold,
     settle::Unsettled,
 };
 use crate::publisher::Publisher;

@@ -32,6 +32,7 @@ mod apply;
 mod batch;
 mod failures;
 mod handler;
+mod hold;
 mod ready;
 mod settle;
 
@@ -57,7 +58,7 @@ pub use self::{
 };
 use self::{
     batch::{Item, Pending},
-    failures::Hold,
+    hold::Hold,
     settle::close,
 };
 pub use crate::envelope::{DecodeError, Incoming, MAX_PAYLOAD_BYTES, decode};

@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use lapin::{Connection, types::AMQPValue};
@@ -14,9 +15,11 @@ use messaging::{
 };
 use prost::Message;
 use proto::order::v1::OrderCreated;
+use sqlx::{PgPool, postgres::PgPoolOptions};
+use test_support::Sandbox;
 use uuid::Uuid;
 
-use crate::ledger::stack::Databases;
+use crate::processes::Service;
 
 /// The header that marks the poison the ledger injects, so its dead letters are expected.
 pub const INJECTED_HEADER: &str = "chaos_injected";
@@ -280,5 +283,35 @@ pub async fn drain_dead_letters(amqp: &Connection, topology: &Topology, dead: &m
             dead.unexpected
                 .push(format!("{}: {kind} {why} {death}", subscription.queue));
         }
+    }
+}
+
+/// Pools on the three services' databases, for reading the books.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    pub users: PgPool,
+    pub orders: PgPool,
+    pub payments: PgPool,
+}
+
+impl Databases {
+    /// Small lazy pools on `sandbox`'s databases (the services create them).
+    pub(crate) fn of(sandbox: &Sandbox) -> Self {
+        let pool = |service: Service| {
+            PgPoolOptions::new()
+                .max_connections(4)
+                .acquire_timeout(Duration::from_secs(2))
+                .connect_lazy(&sandbox.database_url(service.database()))
+                .expect("a valid URL")
+        };
+        Self {
+            users: pool(Service::User),
+            orders: pool(Service::Order),
+            payments: pool(Service::Payment),
+        }
+    }
+
+    pub fn all(&self) -> [&PgPool; 3] {
+        [&self.users, &self.orders, &self.payments]
     }
 }

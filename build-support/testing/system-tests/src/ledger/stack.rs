@@ -9,10 +9,12 @@ use std::{
 
 use lapin::{Connection, ConnectionProperties};
 use messaging::Topology;
-use sqlx::{PgPool, postgres::PgPoolOptions};
 use test_support::{Sandbox, TEST_RETRY_DELAYS};
 
-use crate::{ledger::load::Users, processes::Service};
+use crate::{
+    ledger::{book::Databases, load::Users},
+    processes::Service,
+};
 
 /// The heartbeat the services run with: a stalled connection is noticed within two.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -100,36 +102,6 @@ impl Base {
     /// Where the process called `name` logs.
     pub fn log(&self, name: &str) -> PathBuf {
         self.logs.path().join(format!("{name}.log"))
-    }
-}
-
-/// Pools on the three services' databases, for reading the books.
-#[derive(Debug, Clone)]
-pub struct Databases {
-    pub users: PgPool,
-    pub orders: PgPool,
-    pub payments: PgPool,
-}
-
-impl Databases {
-    /// Small lazy pools on `sandbox`'s databases (the services create them).
-    fn of(sandbox: &Sandbox) -> Self {
-        let pool = |service: Service| {
-            PgPoolOptions::new()
-                .max_connections(4)
-                .acquire_timeout(Duration::from_secs(2))
-                .connect_lazy(&sandbox.database_url(service.database()))
-                .expect("a valid URL")
-        };
-        Self {
-            users: pool(Service::User),
-            orders: pool(Service::Order),
-            payments: pool(Service::Payment),
-        }
-    }
-
-    pub fn all(&self) -> [&PgPool; 3] {
-        [&self.users, &self.orders, &self.payments]
     }
 }
 
