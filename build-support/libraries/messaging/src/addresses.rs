@@ -112,7 +112,7 @@ impl BrokerAddresses {
     }
 
     /// The nodes in the order to try them, starting with `start`.
-    pub fn from(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
+    pub fn in_turn_from(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
         (0..self.nodes.len()).map(move |offset| (start + offset) % self.nodes.len())
     }
 
@@ -124,7 +124,7 @@ impl BrokerAddresses {
         properties: &ConnectionProperties,
     ) -> Result<(Connection, usize), lapin::Error> {
         let mut last = None;
-        for node in self.from(start) {
+        for node in self.in_turn_from(start) {
             let attempt = Connection::connect_uri(self.uri(node), properties.clone());
             match tokio::time::timeout(NODE_CONNECT_TIMEOUT, attempt).await {
                 Ok(Ok(connection)) => return Ok((connection, node)),
@@ -181,7 +181,7 @@ mod tests {
         .expect("valid");
         assert_eq!(addresses.len(), 3);
         assert_eq!(addresses.shown(2), "10.0.0.3:5673");
-        assert_eq!(addresses.from(1).collect::<Vec<_>>(), [1, 2, 0]);
+        assert_eq!(addresses.in_turn_from(1).collect::<Vec<_>>(), [1, 2, 0]);
         assert!(addresses.first_choice() < 3);
     }
 

@@ -254,7 +254,7 @@ async fn connect_any(
     start: usize,
 ) -> Result<(Connected, Channel, usize), ConnectError> {
     let mut last = None;
-    for node in settings.addresses.from(start) {
+    for node in settings.addresses.in_turn_from(start) {
         let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(settings, node))
             .await
             .unwrap_or_else(|_| Err(ConnectError::TimedOut(CONNECT_TIMEOUT)));

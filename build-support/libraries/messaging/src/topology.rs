@@ -429,11 +429,43 @@ impl Topology {
     }
 }
 
+/// What a queue holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery (not those delivered and unacknowledged).
+    pub messages: u32,
+    /// Consumers attached to it.
+    pub consumers: u32,
+}
+
+/// What `queue` holds, by a passive declaration on `channel`: `None` when the queue does not
+/// exist, which also closes `channel` (use one of its own).
+pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<QueueState>, lapin::Error> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(declared) => Ok(Some(QueueState {
+            messages: declared.message_count(),
+            consumers: declared.consumer_count(),
+        })),
+        Err(error) if is_soft(&error, AMQPSoftError::NOTFOUND) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 fn is_access_refused(error: &lapin::Error) -> bool {
+    is_soft(error, AMQPSoftError::ACCESSREFUSED)
+}
+
+fn is_soft(error: &lapin::Error, soft: AMQPSoftError) -> bool {
     matches!(
         error.kind(),
-        lapin::ErrorKind::ProtocolError(amqp)
-            if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.kind() == &AMQPErrorKind::Soft(soft)
     )
 }
 

@@ -3,8 +3,7 @@
 
 use lapin::{
     BasicProperties, Connection,
-    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
+    options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions},
 };
 use messaging::{
     Envelope, EventContext, Publisher, Topology, TraceParent, consumer::MAX_PAYLOAD_BYTES,
@@ -121,19 +120,12 @@ pub async fn take_message(amqp: &Connection, queue: &str) -> Option<lapin::messa
 /// Messages ready in `queue` now.
 pub async fn queue_depth(amqp: &Connection, queue: &str) -> u32 {
     let channel = amqp.create_channel().await.expect("a channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
+    let state = messaging::topology::inspect(&channel, queue)
         .await
+        .expect("a passive declaration")
         .expect("the queue exists");
     let _ = channel.close(200, "inspected".into()).await;
-    declared.message_count()
+    state.messages
 }
 
 /// Messages in all of the namespace's dead-letter queues.

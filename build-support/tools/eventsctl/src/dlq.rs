@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use lapin::{
     BasicProperties, Channel, Connection,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions},
+    options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable},
 };
 use messaging::{
@@ -83,20 +83,13 @@ impl<'a> DeadLetters<'a> {
 
     /// How many messages wait in `queue`; an error if it does not exist.
     async fn depth(&self, channel: &Channel, queue: &str) -> anyhow::Result<u32> {
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
+        let state = messaging::topology::inspect(channel, queue).await?;
+        let state = state.with_context(|| {
+            format!(
+                "queue {queue} does not exist: is BUS_NAMESPACE right, and has a service started?"
             )
-            .await
-            .with_context(|| {
-                format!("queue {queue} does not exist: is BUS_NAMESPACE right, and has a service started?")
-            })?;
-        Ok(declared.message_count())
+        })?;
+        Ok(state.messages)
     }
 
     /// Fetches up to `max` of the messages waiting in `subscription`'s DLQ, unacknowledged.

@@ -6,9 +6,7 @@ use std::io::Write;
 
 use lapin::{
     Connection,
-    options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions},
-    protocol::{AMQPErrorKind, AMQPSoftError},
-    types::FieldTable,
+    options::{ExchangeDeleteOptions, QueueDeleteOptions},
 };
 use messaging::Topology;
 
@@ -95,31 +93,13 @@ pub(crate) async fn delete(
 async fn inspect(connection: &Connection, queue: &str) -> anyhow::Result<Option<Present>> {
     // A missing queue closes the channel: one channel per queue.
     let channel = connection.create_channel().await?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    match channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(declared) => {
-            let _ = channel.close(200, "inspected".into()).await;
-            Ok(Some(Present {
-                queue: queue.to_owned(),
-                messages: declared.message_count(),
-                consumers: declared.consumer_count(),
-            }))
-        }
-        Err(error)
-            if matches!(
-                error.kind(),
-                lapin::ErrorKind::ProtocolError(amqp)
-                    if amqp.kind() == &AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
-            ) =>
-        {
-            Ok(None)
-        }
-        Err(error) => Err(error.into()),
+    let state = messaging::topology::inspect(&channel, queue).await?;
+    if state.is_some() {
+        let _ = channel.close(200, "inspected".into()).await;
     }
+    Ok(state.map(|state| Present {
+        queue: queue.to_owned(),
+        messages: state.messages,
+        consumers: state.consumers,
+    }))
 }
