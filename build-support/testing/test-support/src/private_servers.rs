@@ -214,6 +214,15 @@ impl Drop for PrivateBroker {
 }
 
 /// Starts `rabbitmq-server` for the node of `dir`.
+/// The stack's broker settings beyond `rabbitmq.conf`, as every broker of the stack gets them:
+/// the at-least-once dead-letter worker re-sends an unconfirmed dead letter after 10 s, not
+/// RabbitMQ's 3 minutes (a retry moving back to its queue across a broker restart waits that
+/// long otherwise).
+const ADVANCED_CONFIG: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../docker/rabbitmq/advanced.config"
+);
+
 fn spawn_node(dir: &Path, node: &str, port: u16, dist_port: u16) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -228,6 +237,7 @@ fn spawn_node(dir: &Path, node: &str, port: u16, dist_port: u16) -> Child {
         .env("RABBITMQ_NODE_PORT", port.to_string())
         .env("RABBITMQ_DIST_PORT", dist_port.to_string())
         .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
+        .env("RABBITMQ_ADVANCED_CONFIG_FILE", ADVANCED_CONFIG)
         .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
         .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
         .env("RABBITMQ_LOG_BASE", dir.join("log"))
