@@ -34,7 +34,7 @@ pub use addresses::BrokerAddresses;
 pub use connection::{Bus, BusSettings, Connected};
 pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};
-pub use outbox::OutboxRelay;
+pub use outbox::{Dispatcher, OutboxRelay};
 pub use publisher::{PublishError, Publisher};
 pub use queues::QueueType;
 pub use retry::RetryPolicy;

@@ -9,7 +9,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Bus, BusSettings, ConsumerTuning, EventConsumer, Handler, OutboxRelay,
+    Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, OutboxRelay,
     topology::{Consumes, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -39,6 +39,8 @@ pub struct ServiceRuntime {
     pub pool: PgPool,
     /// The supervised broker connection.
     pub bus: Bus,
+    /// Hands committed outbox rows to the relay (see `messaging::outbox::dispatch`).
+    pub dispatcher: Dispatcher,
     /// Whether the database answers.
     database_up: watch::Receiver<bool>,
     metrics_addr: SocketAddr,
@@ -90,7 +92,9 @@ impl ServiceRuntime {
 
         let workers = TaskTracker::new();
         let stop = CancellationToken::new();
-        workers.spawn(OutboxRelay::new(pool.clone(), bus.clone()).run(stop.clone()));
+        let relay = OutboxRelay::new(pool.clone(), bus.clone());
+        let dispatcher = relay.dispatcher();
+        workers.spawn(relay.run(stop.clone()));
         let (database_up, database_watch) = database::watch_health(pool.clone(), stop.clone());
         workers.spawn(database_watch);
         let (outbox_fresh, outbox_watch) = readiness::watch_outbox(
@@ -155,6 +159,7 @@ impl ServiceRuntime {
         Ok(Self {
             pool,
             bus,
+            dispatcher,
             database_up,
             metrics_addr,
             consumer: settings.consumer,
@@ -201,7 +206,8 @@ impl ServiceRuntime {
     pub fn spawn_consumer<H: Handler>(&self, queue: Consumes<H::Event>, handler: H) {
         let consumer = EventConsumer::new(queue, self.pool.clone(), self.bus.clone(), handler)
             .with_tuning(self.consumer)
-            .with_gate(self.database_up.clone());
+            .with_gate(self.database_up.clone())
+            .with_dispatcher(self.dispatcher.clone());
         self.spawn_worker(|stop| consumer.run(stop));
     }
 
@@ -228,6 +234,7 @@ impl ServiceRuntime {
         let Self {
             pool,
             bus: _,
+            dispatcher: _,
             database_up: _,
             metrics_addr: _,
             consumer: _,

@@ -7,6 +7,7 @@
 mod broker_outage;
 mod create_user;
 mod dependencies;
+mod dispatch;
 mod events;
 mod failover;
 mod get_user;

@@ -7,7 +7,10 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Handler, HandlerError, Incoming};
-use crate::{inbox, outbox};
+use crate::{
+    inbox,
+    outbox::{self, Dispatcher},
+};
 
 /// What became of one message of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +50,15 @@ impl From<sqlx::Error> for BatchFailure {
 
 /// One transaction for the batch: its inbox rows for `consumer` in one insert, each new
 /// message's effect, and the outbox rows of everything they caused in one insert. Duplicates
-/// (already in the inbox, or twice in the batch) are skipped. Nothing is settled here.
+/// (already in the inbox, or twice in the batch) are skipped. Nothing is settled here. With a
+/// `dispatcher`, the events go to it once committed (see [`outbox::dispatch`]); without, they
+/// are due at once for any relay.
 pub async fn apply_batch<H: Handler>(
     pool: &PgPool,
     consumer: &str,
     handler: &H,
     batch: &[BatchMessage<'_, H::Event, H::Prepared>],
+    dispatcher: Option<&Dispatcher>,
 ) -> Result<Vec<Outcome>, BatchFailure> {
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = batch.iter().map(|item| item.message.message_id).collect();
@@ -75,7 +81,13 @@ pub async fn apply_batch<H: Handler>(
         caused.extend(events);
         outcomes.push(Outcome::Applied);
     }
-    outbox::enqueue_all(&mut tx, &caused).await?;
+    match dispatcher {
+        Some(dispatcher) => dispatcher.enqueue(&mut tx, &caused).await?,
+        None => outbox::enqueue_all(&mut tx, &caused).await?,
+    }
     tx.commit().await?;
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.dispatch(caused);
+    }
     Ok(outcomes)
 }

@@ -161,7 +161,14 @@ impl<H: Handler> EventConsumer<H> {
                 span: pending.span.clone(),
             })
             .collect();
-        apply_batch(&self.pool, self.name, &*self.handler, &messages).await
+        apply_batch(
+            &self.pool,
+            self.name,
+            &*self.handler,
+            &messages,
+            self.dispatcher.as_ref(),
+        )
+        .await
     }
 }
 

@@ -64,6 +64,7 @@ use self::{
 pub use crate::envelope::{DecodeError, Incoming, MAX_PAYLOAD_BYTES, decode};
 use crate::{
     connection::{Bus, Connected},
+    outbox::Dispatcher,
     publisher::Publisher,
     retry::FailureKind,
     topology::{Consumes, Subscription},
@@ -133,6 +134,8 @@ pub struct EventConsumer<H> {
     gate: watch::Receiver<bool>,
     /// Cancelled when the consumer is asked to stop: a held batch is not held any longer.
     stop: CancellationToken,
+    /// Where the events a batch caused go once committed; without, they wait for a relay.
+    dispatcher: Option<Dispatcher>,
 }
 
 impl<H: Handler> EventConsumer<H> {
@@ -166,6 +169,7 @@ impl<H: Handler> EventConsumer<H> {
             tuning: ConsumerTuning::default(),
             gate: watch::channel(true).1,
             stop: CancellationToken::new(),
+            dispatcher: None,
         }
     }
 
@@ -180,6 +184,12 @@ impl<H: Handler> EventConsumer<H> {
     }
 
     /// Consume only while `gate` is `true` (e.g. while the database is reachable).
+    /// Hands the events each batch caused to `dispatcher` once committed.
+    pub fn with_dispatcher(mut self, dispatcher: Dispatcher) -> Self {
+        self.dispatcher = Some(dispatcher);
+        self
+    }
+
     pub fn with_gate(mut self, gate: watch::Receiver<bool>) -> Self {
         self.gate = gate;
         self

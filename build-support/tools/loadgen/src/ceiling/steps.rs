@@ -183,7 +183,7 @@ pub(super) async fn consume<H: Handler>(
             span: tracing::Span::none(),
         })
         .collect();
-    let outcomes = apply_batch(pool, consumer.consumer, handler, &batch).await?;
+    let outcomes = apply_batch(pool, consumer.consumer, handler, &batch, None).await?;
     anyhow::ensure!(
         outcomes.iter().all(|outcome| *outcome == Outcome::Applied),
         "a message of the batch was a duplicate"

@@ -1,28 +1,36 @@
 //! The transactional outbox and its relay.
 //!
-//! [`enqueue`] (or [`enqueue_all`], one statement for many) writes an event in the caller's transaction, so the event exists exactly when the
-//! domain change does. The [`OutboxRelay`] claims due rows with `for update skip locked` (so
-//! several relays never publish the same row at once), publishes the batch with confirms awaited
-//! together, deletes the rows the broker acked and reschedules the rest with back-off, all in the
-//! claiming transaction. A relay that dies before its commit leaves its rows in place, and they
-//! are published again under the same `message_id`.
+//! An event is written to the outbox in the caller's transaction, so it exists exactly when the
+//! domain change does. The services write through a [`Dispatcher`]: once the transaction
+//! committed, the rows go straight to the process's publisher (see [`dispatch`]). [`enqueue`]
+//! and [`enqueue_all`] write rows due at once for any relay, with a NOTIFY.
+//!
+//! The [`OutboxRelay`] publishes what is dispatched to it, and is the recovery path for every
+//! other row: it claims due rows with `for update skip locked` (so several relays never publish
+//! the same row at once), publishes the batch with confirms awaited together, deletes the rows
+//! the broker acked and reschedules the rest with back-off, all in the claiming transaction. A
+//! relay that dies before its commit leaves its rows in place, and they are published again
+//! under the same `message_id`.
 
-use std::time::Duration;
+pub mod dispatch;
+
+use std::{future::Future, pin::Pin, time::Duration};
 
 use chrono::{DateTime, Utc};
 use futures_util::{StreamExt, stream::FuturesUnordered};
-use sqlx::{PgConnection, PgPool, postgres::PgListener};
-use tokio::sync::watch;
+use sqlx::{PgConnection, PgExecutor, PgPool, postgres::PgListener};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub use self::dispatch::{DISPATCH_LEASE, Dispatcher};
 use crate::{
     connection::{Bus, Connected},
     envelope::Envelope,
     publisher::Publisher,
 };
 
-/// The NOTIFY channel the outbox trigger signals on.
+/// The NOTIFY channel that wakes the relays.
 const NOTIFY_CHANNEL: &str = "outbox";
 /// Relay passes in flight at once, each in its own transaction.
 const PIPELINE: usize = 3;
@@ -33,7 +41,7 @@ const VACUUM_AFTER_ROWS: usize = 10_000;
 /// Longest back-off between two attempts at one row.
 const MAX_BACKOFF_SECS: f64 = 30.0;
 
-/// Writes `envelope` to the outbox in the caller's transaction.
+/// Writes `envelope` to the outbox in the caller's transaction, due at once for any relay.
 pub async fn enqueue(
     connection: &mut PgConnection,
     envelope: &Envelope,
@@ -41,11 +49,30 @@ pub async fn enqueue(
     enqueue_all(connection, std::slice::from_ref(envelope)).await
 }
 
-/// Writes every envelope to the outbox in the caller's transaction, in one statement.
-#[tracing::instrument(skip_all, fields(events = envelopes.len()), err)]
+/// Writes every envelope to the outbox in the caller's transaction, in one statement, due at
+/// once: the relays are woken by a NOTIFY when the transaction commits.
 pub async fn enqueue_all(
     connection: &mut PgConnection,
     envelopes: &[Envelope],
+) -> Result<(), sqlx::Error> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    insert(&mut *connection, envelopes, Duration::ZERO).await?;
+    // Delivered at commit; several in one transaction make one notification.
+    sqlx::query("select pg_notify($1, '')")
+        .bind(NOTIFY_CHANNEL)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Inserts the rows in one statement, due once `lease` is over.
+#[tracing::instrument(skip_all, fields(events = envelopes.len()), err)]
+async fn insert(
+    connection: &mut PgConnection,
+    envelopes: &[Envelope],
+    lease: Duration,
 ) -> Result<(), sqlx::Error> {
     if envelopes.is_empty() {
         return Ok(());
@@ -55,9 +82,11 @@ pub async fn enqueue_all(
     let payloads: Vec<&[u8]> = envelopes.iter().map(|e| e.payload.as_slice()).collect();
     sqlx::query(
         "insert into outbox \
-         (message_id, event_type, routing_key, payload, correlation_id, causation_id, traceparent, occurred_at) \
-         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], \
-                              $7::text[], $8::timestamptz[])",
+         (message_id, event_type, routing_key, payload, correlation_id, causation_id, traceparent, \
+          occurred_at, next_attempt_at) \
+         select rows.*, now() + make_interval(secs => $9) \
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], \
+                     $7::text[], $8::timestamptz[]) as rows",
     )
     .bind(envelopes.iter().map(|e| e.message_id).collect::<Vec<_>>())
     .bind(column(|e| e.event_type.clone()))
@@ -67,6 +96,7 @@ pub async fn enqueue_all(
     .bind(column(|e| e.causation_id.clone()))
     .bind(column(|e| e.traceparent.clone()))
     .bind(envelopes.iter().map(|e| e.occurred_at).collect::<Vec<_>>())
+    .bind(lease.as_secs_f64())
     .execute(connection)
     .await?;
     Ok(())
@@ -180,18 +210,48 @@ pub struct OutboxRelay {
     batch_size: usize,
     poll_interval: Duration,
     vacuum_after: usize,
+    dispatcher: Dispatcher,
+    dispatched: mpsc::Receiver<Vec<Envelope>>,
 }
+
+/// Which way a pass found its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Claimed, due, from the table.
+    Claimed,
+    /// Handed over by the [`Dispatcher`].
+    Dispatched,
+}
+
+/// A pass in flight.
+type Pass<'a> =
+    Pin<Box<dyn Future<Output = (Found, Result<RelayOutcome, sqlx::Error>)> + Send + 'a>>;
 
 impl OutboxRelay {
     /// A relay with batches of 256 and a 2-second fallback poll.
     pub fn new(pool: PgPool, bus: Bus) -> Self {
+        let (dispatcher, dispatched) = Dispatcher::channel(bus.app_id().to_owned());
         Self {
             pool,
             bus,
             batch_size: 256,
             poll_interval: Duration::from_secs(2),
             vacuum_after: VACUUM_AFTER_ROWS,
+            dispatcher,
+            dispatched,
         }
+    }
+
+    /// Keeps dispatched rows from the relays' claims for `lease` (default [`DISPATCH_LEASE`]);
+    /// for the dispatchers taken after this call.
+    pub fn with_dispatch_lease(mut self, lease: Duration) -> Self {
+        self.dispatcher.set_lease(lease);
+        self
+    }
+
+    /// The dispatcher whose rows this relay publishes at once.
+    pub fn dispatcher(&self) -> Dispatcher {
+        self.dispatcher.clone()
     }
 
     /// At most this many rows per transaction.
@@ -212,17 +272,18 @@ impl OutboxRelay {
         self
     }
 
-    /// Relays until `stop` is cancelled; the batches in flight are finished first. Wakes on
-    /// NOTIFY from the outbox trigger, on a (re)connection to the broker, and on the fallback
-    /// poll.
+    /// Relays until `stop` is cancelled; the batches in flight, and what was dispatched before
+    /// the stop, are finished first. Publishes dispatched rows as they come; claims due rows
+    /// on NOTIFY, on a (re)connection to the broker, and on the fallback poll.
     ///
-    /// Passes are pipelined: while one waits for the broker's confirms, the next wake-up starts
-    /// another pass (up to a few at once), which claims only rows no pass holds. A row is thus
-    /// published as soon as it is committed, not after the confirms of the batch before it.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Passes are pipelined: while one waits for the broker's confirms, the next starts (up to
+    /// a few at once); a claim takes only rows no pass holds. A row is thus published as soon
+    /// as it is committed, not after the confirms of the batch before it.
+    pub async fn run(mut self, stop: CancellationToken) {
         let mut listener = self.listen().await;
         let mut bus = self.bus.watch();
-        let mut passes = FuturesUnordered::new();
+        let mut dispatched = std::mem::replace(&mut self.dispatched, mpsc::channel(1).1);
+        let mut passes: FuturesUnordered<Pass<'_>> = FuturesUnordered::new();
         // Whether rows may be due that no pass has looked for yet.
         let mut due = true;
         let mut deleted = 0;
@@ -237,16 +298,25 @@ impl OutboxRelay {
                 if let Some(Connected { publisher, .. }) = connected {
                     due = false;
                     let this = &self;
-                    passes.push(async move { this.relay_batch(&publisher).await });
+                    passes.push(Box::pin(async move {
+                        (Found::Claimed, this.relay_batch(&publisher).await)
+                    }));
                 }
             }
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(outcome) = passes.next(), if !passes.is_empty() => match outcome {
+                Some(first) = dispatched.recv(), if passes.len() < PIPELINE => {
+                    let rows = dispatch::gather(first, &mut dispatched, self.batch_size);
+                    passes.push(self.dispatch_pass(&bus, rows));
+                }
+                Some((found, outcome)) = passes.next(), if !passes.is_empty() => match outcome {
                     Ok(outcome) => {
                         deleted += outcome.published;
                         // A full batch: more may be waiting.
-                        if outcome.claimed == self.batch_size && outcome.failed == 0 {
+                        if found == Found::Claimed
+                            && outcome.claimed == self.batch_size
+                            && outcome.failed == 0
+                        {
                             due = true;
                         }
                     }
@@ -259,8 +329,35 @@ impl OutboxRelay {
                 _ = tokio::time::sleep(self.poll_interval) => due = true,
             }
         }
+        // What was committed before the stop goes out now rather than after its lease.
+        dispatched.close();
+        while let Some(first) = dispatched.recv().await {
+            let rows = dispatch::gather(first, &mut dispatched, self.batch_size);
+            passes.push(self.dispatch_pass(&bus, rows));
+        }
         while passes.next().await.is_some() {}
         tracing::info!("outbox relay stopped");
+    }
+
+    /// A pass publishing dispatched rows, or, without a broker connection, handing them to the
+    /// relay's claim.
+    fn dispatch_pass<'a>(
+        &'a self,
+        bus: &watch::Receiver<Option<Connected>>,
+        rows: Vec<Envelope>,
+    ) -> Pass<'a> {
+        let connected = bus.borrow().clone();
+        Box::pin(async move {
+            let outcome = match connected {
+                Some(Connected { publisher, .. }) => {
+                    dispatch::publish(&self.pool, &publisher, self.bus.app_id(), &rows).await
+                }
+                None => dispatch::release(&self.pool, &rows)
+                    .await
+                    .map(|()| RelayOutcome::default()),
+            };
+            (Found::Dispatched, outcome)
+        })
     }
 
     /// One pass: claim, publish, then delete or reschedule, in one transaction.
@@ -288,7 +385,7 @@ impl OutboxRelay {
                 Err(error) => {
                     failed += 1;
                     tracing::warn!(message_id = %envelope.message_id, %error, "publish failed; will retry");
-                    reschedule(&mut tx, envelope.message_id, &error.to_string()).await?;
+                    reschedule(&mut *tx, envelope.message_id, &error.to_string()).await?;
                 }
             }
         }
@@ -334,7 +431,7 @@ async fn vacuum(pool: PgPool) {
 /// Exponential back-off per attempt: 1 s, 2 s, 4 s … capped at 30 s. The exponent is capped too
 /// (`power(2, 1024)` overflows a double), and so is the count.
 async fn reschedule(
-    connection: &mut PgConnection,
+    executor: impl PgExecutor<'_>,
     message_id: Uuid,
     error: &str,
 ) -> Result<(), sqlx::Error> {
@@ -346,7 +443,7 @@ async fn reschedule(
     .bind(message_id)
     .bind(error)
     .bind(MAX_BACKOFF_SECS)
-    .execute(connection)
+    .execute(executor)
     .await?;
     Ok(())
 }

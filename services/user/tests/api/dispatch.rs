@@ -1,0 +1,154 @@
+//! Immediate dispatch: rows a process committed go straight to its publisher; a row whose
+//! process died before handing it over is published once by a relay when its lease is over.
+
+use std::time::Duration;
+
+use messaging::{
+    Bus, BusSettings, Dispatcher, Envelope, EventContext, OutboxRelay, TraceParent, outbox,
+};
+use proto::user::v1::UserCreated;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use test_support::{
+    assert_no_more_deliveries, broker_url_at, eventually, next_delivery, unused_port,
+};
+
+use crate::helpers::{TestApp, spawn_app_with_broker};
+
+/// A relay of the app's outbox on the shared broker, as another process would run it.
+struct Relay {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    dispatcher: Dispatcher,
+}
+
+impl Relay {
+    fn start(app: &TestApp, adjust: impl FnOnce(OutboxRelay) -> OutboxRelay) -> Self {
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let bus = Bus::start(
+            BusSettings {
+                addresses: messaging::BrokerAddresses::parse(&test_support::broker_url())
+                    .expect("a valid URL"),
+                topology: app.topology().clone(),
+                app_id: "user-service".into(),
+                owned: Vec::new(),
+                heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
+                trusted_producers: Default::default(),
+            },
+            &tracker,
+            stop.clone(),
+        );
+        let relay = adjust(OutboxRelay::new(app.db.clone(), bus));
+        let dispatcher = relay.dispatcher();
+        tracker.spawn(relay.run(stop.clone()));
+        Self {
+            tracker,
+            stop,
+            dispatcher,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+fn user_created() -> Envelope {
+    Envelope::new(
+        &UserCreated {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            ..UserCreated::default()
+        },
+        &EventContext {
+            correlation_id: "dispatch-test".into(),
+            causation_id: "dispatch-test".into(),
+            traceparent: TraceParent::new_root(),
+        },
+    )
+}
+
+/// Commits `envelope` to the app's outbox through `dispatcher`, leased to its process.
+async fn commit(app: &TestApp, dispatcher: &Dispatcher, envelope: &Envelope) {
+    let mut tx = app.db.begin().await.expect("begin");
+    dispatcher
+        .enqueue(&mut tx, std::slice::from_ref(envelope))
+        .await
+        .expect("enqueue");
+    tx.commit().await.expect("commit");
+}
+
+#[tokio::test]
+async fn a_dispatched_row_is_published_at_once_without_any_claim() {
+    // Arrange: the app's own relay has no broker; this relay never claims (no notification
+    // comes from a dispatched row, and its poll is an hour away).
+    let app = spawn_app_with_broker(&broker_url_at(unused_port())).await;
+    let mut events = app.capture("user_created").await;
+    let relay = Relay::start(&app, |relay| {
+        relay.with_poll_interval(Duration::from_secs(3600))
+    });
+    let envelope = user_created();
+
+    // Act
+    commit(&app, &relay.dispatcher, &envelope).await;
+    relay.dispatcher.dispatch(vec![envelope.clone()]);
+
+    // Assert: published once, its row deleted after the confirm.
+    let delivery = next_delivery(&mut events).await;
+    assert_eq!(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(envelope.message_id.to_string())
+    );
+    eventually(|| async { app.outbox_rows().await == 0 }).await;
+    assert_no_more_deliveries(&mut events, Duration::from_millis(500)).await;
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn a_row_its_process_never_dispatched_is_left_to_the_relays_until_its_lease_is_over() {
+    // Arrange: a process commits a row and dies before handing it over.
+    let app = spawn_app_with_broker(&broker_url_at(unused_port())).await;
+    let mut events = app.capture("user_created").await;
+    let died = Relay::start(&app, |relay| {
+        relay.with_dispatch_lease(Duration::from_secs(1))
+    });
+    let envelope = user_created();
+    commit(&app, &died.dispatcher, &envelope).await;
+    died.stop().await;
+    let other = Relay::start(&app, |relay| relay);
+    commit(&app, &other.dispatcher, &user_created()).await;
+    other.stop().await;
+
+    // Act: another process's relay, looking for due rows often.
+    let relay = Relay::start(&app, |relay| {
+        relay.with_poll_interval(Duration::from_millis(100))
+    });
+
+    // Assert: the row whose short lease ended is published once and deleted; the row under
+    // its (ten-second) lease is not claimed meanwhile.
+    let delivery = next_delivery(&mut events).await;
+    assert_eq!(
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
+        Some(envelope.message_id.to_string())
+    );
+    eventually(|| async { app.outbox_rows().await == 1 }).await;
+    let mut tx = app.db.begin().await.expect("begin");
+    assert!(
+        outbox::claim_due(&mut tx, 10)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "a leased row is not due"
+    );
+    drop(tx);
+    relay.stop().await;
+}
