@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{NewUser, Plan},
-    repository::{self, CreateUserError},
+    repository::{self, CreateRequest, CreateUserError},
     wire,
 };
 
@@ -41,8 +41,13 @@ impl UserService for UserApi {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = new_user(request.get_ref()).map_err(ApiError::InvalidArgument)?;
-        let user = repository::create(&self.pool, &new_user, &context)
+        let call = CreateRequest { new_user, context };
+        let user = repository::create_batch(&self.pool, &[call])
             .await
+            .map_err(ApiError::from)?
+            .outcomes
+            .pop()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a batch of one, unanswered")))?
             .map_err(ApiError::from)?;
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),
@@ -142,6 +147,11 @@ impl From<CreateUserError> for ApiError {
                 "was already used for a different request; \
                  send a new request_id with a new request",
             )]),
+            CreateUserError::Unavailable(error) => Self::Unavailable(error.into()),
+            // A retry finds what is there by then.
+            CreateUserError::ConflictVanished | CreateUserError::Stopped => {
+                Self::Unavailable(error.into())
+            }
             CreateUserError::Repository(error) => error.into(),
         }
     }

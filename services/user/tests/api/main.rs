@@ -10,6 +10,7 @@ mod dependencies;
 mod events;
 mod failover;
 mod get_user;
+mod group_commit;
 mod helpers;
 mod hostile;
 mod logged;

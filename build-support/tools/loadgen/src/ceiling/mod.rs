@@ -3,7 +3,7 @@
 //!
 //! On a scratch database migrated by the services' own migrators, it runs the transactions the
 //! stack runs for a flow through the services' own code and batch sizes: the user service's
-//! `repository::create` (the user and its outbox row), the relay's claim-and-delete of outbox
+//! `repository::create_batch`, a batch of one per call (the user and its outbox row), the relay's claim-and-delete of outbox
 //! rows, and the three consumers' batches through the messaging crate's `apply_batch` (inbox
 //! rows, the handler's effect, outbox rows) with the services' handlers; the payment handler's
 //! first step (record the intents, charge the simulator) runs before its batch, as in the
