@@ -15,19 +15,22 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{NewUser, Plan},
-    repository::{self, CreateRequest, CreateUserError},
+    repository::{self, CreateUserError},
     wire,
+    writer::Writer,
 };
 
 /// The gRPC service over the users database.
 #[derive(Debug, Clone)]
 pub struct UserApi {
     pool: PgPool,
+    /// Where CreateUser calls are written, together with those that arrive at the same time.
+    writer: Writer,
 }
 
 impl UserApi {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, writer: Writer) -> Self {
+        Self { pool, writer }
     }
 }
 
@@ -41,13 +44,10 @@ impl UserService for UserApi {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = new_user(request.get_ref()).map_err(ApiError::InvalidArgument)?;
-        let call = CreateRequest { new_user, context };
-        let user = repository::create_batch(&self.pool, &[call])
+        let user = self
+            .writer
+            .create(new_user, context)
             .await
-            .map_err(ApiError::from)?
-            .outcomes
-            .pop()
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a batch of one, unanswered")))?
             .map_err(ApiError::from)?;
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),

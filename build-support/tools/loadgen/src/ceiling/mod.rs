@@ -66,8 +66,9 @@ pub(crate) struct CeilingArgs {
     /// The type of the scratch queue, as the services declare theirs (`quorum` or `classic`).
     #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
     queue_type: messaging::QueueType,
-    /// Concurrent user transactions: the user service runs at most its connection pool's
-    /// size (16) at once, however many calls wait.
+    /// Concurrent user transactions, each a batch of one call (the user service, which now
+    /// writes the calls that arrive together in one transaction, one at a time, once ran up to
+    /// its connection pool's size, 16, at once).
     #[arg(long, short = 'c', default_value_t = 16)]
     concurrency: usize,
     /// Messages per consumer transaction and rows per relay pass (the consumers' batch size).
