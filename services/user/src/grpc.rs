@@ -17,17 +17,20 @@ use crate::{
     domain::{NewUser, Plan},
     repository::{self, CreateUserError},
     wire,
+    writer::Writer,
 };
 
 /// The gRPC service over the users database.
 #[derive(Debug, Clone)]
 pub struct UserApi {
     pool: PgPool,
+    /// Where CreateUser calls are written, together with those that arrive at the same time.
+    writer: Writer,
 }
 
 impl UserApi {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, writer: Writer) -> Self {
+        Self { pool, writer }
     }
 }
 
@@ -41,7 +44,9 @@ impl UserService for UserApi {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = new_user(request.get_ref()).map_err(ApiError::InvalidArgument)?;
-        let user = repository::create(&self.pool, &new_user, &context)
+        let user = self
+            .writer
+            .create(new_user, context)
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(CreateUserResponse {
@@ -142,6 +147,11 @@ impl From<CreateUserError> for ApiError {
                 "was already used for a different request; \
                  send a new request_id with a new request",
             )]),
+            CreateUserError::Unavailable(error) => Self::Unavailable(error.into()),
+            // A retry finds what is there by then.
+            CreateUserError::ConflictVanished | CreateUserError::Stopped => {
+                Self::Unavailable(error.into())
+            }
             CreateUserError::Repository(error) => error.into(),
         }
     }

@@ -1,5 +1,6 @@
-//! The user service: takes `CreateUser` over gRPC, stores the user in its own database and
-//! publishes `user_created` through the transactional outbox.
+//! The user service: takes `CreateUser` over gRPC, stores the user in its own database (the
+//! calls that arrive together in one transaction, see [`writer`]) and publishes `user_created`
+//! through the transactional outbox.
 
 pub mod domain;
 pub mod grpc;
@@ -7,6 +8,7 @@ pub mod repository;
 pub mod settings;
 pub mod startup;
 pub mod wire;
+pub mod writer;
 
 pub use startup::build;
 

@@ -11,6 +11,13 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     consumer_workers: 1,
 };
 
+/// Most CreateUser calls written in one transaction, unless configured.
+pub const DEFAULT_CREATE_USER_BATCH_MAX: usize = 64;
+/// The largest `CREATE_USER_BATCH_MAX` taken: a batch is held in memory and sent as one
+/// statement's arrays, and a busy instance has no more calls in flight than
+/// `GRPC_CONCURRENCY_LIMIT` anyway.
+const CREATE_USER_BATCH_LIMIT: usize = 4096;
+
 /// Every setting is a flag and an environment variable.
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -23,4 +30,50 @@ pub struct Cli {
     pub common: CommonArgs,
     #[command(subcommand)]
     pub command: Option<ServiceCommand>,
+    /// Most CreateUser calls written in one transaction: the calls that arrive while one is
+    /// written share the next, and nothing waits for a batch to fill (1 writes each call alone).
+    #[arg(
+        long,
+        env = "CREATE_USER_BATCH_MAX",
+        default_value_t = DEFAULT_CREATE_USER_BATCH_MAX,
+        value_parser = batch_max
+    )]
+    pub create_user_batch_max: usize,
+}
+
+fn batch_max(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse() {
+        Ok(calls) if (1..=CREATE_USER_BATCH_LIMIT).contains(&calls) => Ok(calls),
+        _ => Err(format!(
+            "{raw:?} is not a number of calls from 1 to {CREATE_USER_BATCH_LIMIT}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_create_user_batch_max_defaults_to_64_and_is_configurable() {
+        assert_eq!(Cli::parse_from(["user-service"]).create_user_batch_max, 64);
+        let cli = Cli::parse_from(["user-service", "--create-user-batch-max", "1"]);
+        assert_eq!(cli.create_user_batch_max, 1);
+    }
+
+    #[test]
+    fn a_bad_create_user_batch_max_is_a_clear_error() {
+        for bad in ["0", "-1", "many", "4097"] {
+            let flag = format!("--create-user-batch-max={bad}");
+            let error = Cli::try_parse_from(["user-service", flag.as_str()])
+                .expect_err("an invalid batch size");
+            let message = error.to_string();
+            assert!(
+                message.contains("CREATE_USER_BATCH_MAX")
+                    && message.contains("is not a number of calls from 1 to 4096"),
+                "{message}"
+            );
+        }
+    }
 }

@@ -11,6 +11,7 @@ mod dispatch;
 mod events;
 mod failover;
 mod get_user;
+mod group_commit;
 mod helpers;
 mod hostile;
 mod logged;

@@ -2,6 +2,7 @@
 
 use futures_util::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
+use user_service::settings::DEFAULT_CREATE_USER_BATCH_MAX;
 
 use crate::helpers::spawn_app;
 
@@ -96,8 +97,10 @@ async fn instances_started_at_once_on_a_fresh_database_all_start() {
     let settings = sandbox.settings("user-service", "users", &test_support::broker_url());
 
     // Act
-    let started =
-        futures_util::future::join_all((0..4).map(|_| user_service::build(&settings))).await;
+    let started = futures_util::future::join_all(
+        (0..4).map(|_| user_service::build(&settings, DEFAULT_CREATE_USER_BATCH_MAX)),
+    )
+    .await;
 
     // Assert: every one starts and serves.
     let mut running = Vec::new();

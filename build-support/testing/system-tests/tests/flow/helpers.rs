@@ -15,6 +15,7 @@ use proto::{
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
+use user_service::settings::DEFAULT_CREATE_USER_BATCH_MAX;
 
 /// The three services of one test.
 pub struct Stack {
@@ -83,7 +84,7 @@ async fn spawn_partial_stack(sandbox: Sandbox, amqp_url: &str) -> Stack {
 
 async fn start_user_service(sandbox: &Sandbox, amqp_url: &str) -> Running {
     let settings = sandbox.settings("user-service", "users", amqp_url);
-    let app = user_service::build(&settings)
+    let app = user_service::build(&settings, DEFAULT_CREATE_USER_BATCH_MAX)
         .await
         .expect("the user service starts");
     Running::ready(app, user_service::startup::GRPC_SERVICE).await

@@ -3,7 +3,7 @@
 //!
 //! On a scratch database migrated by the services' own migrators, it runs the transactions the
 //! stack runs for a flow through the services' own code and batch sizes: the user service's
-//! `repository::create` (the user and its outbox row), the relay's claim-and-delete of outbox
+//! `repository::create_batch`, a batch of one per call (the user and its outbox row), the relay's claim-and-delete of outbox
 //! rows, and the three consumers' batches through the messaging crate's `apply_batch` (inbox
 //! rows, the handler's effect, outbox rows) with the services' handlers; the payment handler's
 //! first step (record the intents, charge the simulator) runs before its batch, as in the
@@ -66,8 +66,9 @@ pub(crate) struct CeilingArgs {
     /// The type of the scratch queue, as the services declare theirs (`quorum` or `classic`).
     #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
     queue_type: messaging::QueueType,
-    /// Concurrent user transactions: the user service runs at most its connection pool's
-    /// size (16) at once, however many calls wait.
+    /// Concurrent user transactions, each a batch of one call (the user service, which now
+    /// writes the calls that arrive together in one transaction, one at a time, once ran up to
+    /// its connection pool's size, 16, at once).
     #[arg(long, short = 'c', default_value_t = 16)]
     concurrency: usize,
     /// Messages per consumer transaction and rows per relay pass (the consumers' batch size).

@@ -12,7 +12,10 @@ use messaging::{
 };
 use proto::{Event, user::v1::UserCreated};
 use sqlx::PgPool;
-use user_service::domain::{NewUser, Plan, User};
+use user_service::{
+    domain::{NewUser, Plan, User},
+    repository::CreateRequest,
+};
 use uuid::Uuid;
 
 use super::{CeilingArgs, Step, at_full_load, one_at_a_time};
@@ -109,7 +112,8 @@ pub(super) fn take<T>(from: &Mutex<VecDeque<T>>, n: usize) -> Vec<T> {
     from.drain(..n).collect()
 }
 
-/// CreateUser's transaction, by the user service's repository: the user and its outbox row.
+/// CreateUser's transaction, by the user service's repository: the user and its outbox row, as
+/// the service's writer commits a call that arrives alone (a batch of one).
 pub(super) async fn create_user(pool: &PgPool) -> anyhow::Result<()> {
     let request_id = Uuid::new_v4();
     let new_user = NewUser::parse(
@@ -119,7 +123,14 @@ pub(super) async fn create_user(pool: &PgPool) -> anyhow::Result<()> {
         &request_id.to_string(),
     )
     .map_err(|violations| anyhow::anyhow!("invalid user: {violations:?}"))?;
-    user_service::repository::create(pool, &new_user, &context()).await?;
+    let call = CreateRequest {
+        new_user,
+        context: context(),
+    };
+    let created = user_service::repository::create_batch(pool, &[call]).await?;
+    for outcome in created.outcomes {
+        outcome?;
+    }
     Ok(())
 }
 

@@ -141,9 +141,10 @@ async fn a_call_running_past_the_request_timeout_ends_with_deadline_exceeded() {
         "{status:?}"
     );
     assert!(started.elapsed() < Duration::from_secs(5));
+    // The call was handed to the writer before it timed out: like any call that ends with
+    // DEADLINE_EXCEEDED, it may still take effect (a retry with a request_id gets its user).
     held.rollback().await.expect("rollback");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(app.user_rows().await, 0, "the timed-out call left no user");
+    eventually(|| async { app.user_rows().await == 1 }).await;
 }
 
 #[tokio::test]
