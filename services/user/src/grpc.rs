@@ -11,9 +11,12 @@ use service_kit::{
     request_context, text_field,
 };
 use sqlx::PgPool;
+use std::sync::Arc;
+
 use tonic::{Request, Response, Status};
 
 use crate::{
+    backlog::{self, Backlog},
     domain::{NewUser, Plan},
     repository::{self, CreateUserError},
     wire,
@@ -26,11 +29,17 @@ pub struct UserApi {
     pool: PgPool,
     /// Where CreateUser calls are written, together with those that arrive at the same time.
     writer: Writer,
+    /// Whether the chain has room for one more flow.
+    backlog: Arc<Backlog>,
 }
 
 impl UserApi {
-    pub fn new(pool: PgPool, writer: Writer) -> Self {
-        Self { pool, writer }
+    pub fn new(pool: PgPool, writer: Writer, backlog: Arc<Backlog>) -> Self {
+        Self {
+            pool,
+            writer,
+            backlog,
+        }
     }
 }
 
@@ -44,6 +53,16 @@ impl UserService for UserApi {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = new_user(request.get_ref()).map_err(ApiError::InvalidArgument)?;
+        if !self.backlog.admit() {
+            return Err(ApiError::ResourceExhausted {
+                message: format!(
+                    "the system is saturated (more than {} flows waiting); retry later",
+                    self.backlog.limit()
+                ),
+                retry_after: backlog::RETRY_AFTER,
+            }
+            .into());
+        }
         let user = self
             .writer
             .create(new_user, context)

@@ -2,6 +2,7 @@
 //! calls that arrive together in one transaction, see [`writer`]) and publishes `user_created`
 //! through the transactional outbox.
 
+pub mod backlog;
 pub mod domain;
 pub mod grpc;
 pub mod repository;

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use messaging::{Envelope, EventContext, outbox};
+use messaging::{Dispatcher, Envelope, EventContext, outbox};
 use service_kit::{
     pagination::{self, PageToken},
     repository::{CorruptRow, RepositoryError},
@@ -109,12 +109,15 @@ pub struct CreatedBatch {
 /// seen before, the user that request created (even earlier in this batch), or
 /// [`CreateUserError::RequestIdReused`] when that request asked for something else;
 /// [`CreateUserError::EmailTaken`] when another user (even earlier in this batch) has the
-/// address. The error is the transaction's: nothing was written. Errors are logged where they
+/// address. The error is the transaction's: nothing was written. With a `dispatcher`, the
+/// events are written for it to publish once committed (hand it [`CreatedBatch::events`]);
+/// without, they are due at once for any relay. Errors are logged where they
 /// become a status, by whose fault they are (an e-mail taken is the client's).
 #[tracing::instrument(skip_all, fields(calls = calls.len()))]
 pub async fn create_batch(
     pool: &PgPool,
     calls: &[CreateRequest],
+    dispatcher: Option<&Dispatcher>,
 ) -> Result<CreatedBatch, RepositoryError> {
     let user_ids: Vec<Uuid> = calls.iter().map(|_| Uuid::new_v4()).collect();
     let mut answers: Vec<Option<Answer>> = calls.iter().map(|_| None).collect();
@@ -152,7 +155,10 @@ pub async fn create_batch(
             _ => None,
         })
         .collect();
-    outbox::enqueue_all(&mut tx, &events).await?;
+    match dispatcher {
+        Some(dispatcher) => dispatcher.enqueue(&mut tx, &events).await?,
+        None => outbox::enqueue_all(&mut tx, &events).await?,
+    }
     tx.commit().await?;
 
     let outcomes = answers

@@ -13,6 +13,8 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 
 /// Most CreateUser calls written in one transaction, unless configured.
 pub const DEFAULT_CREATE_USER_BATCH_MAX: usize = 64;
+/// Flows allowed to wait in the chain before CreateUser is refused, unless configured.
+pub const DEFAULT_CREATE_USER_MAX_BACKLOG: u64 = 2000;
 /// The largest `CREATE_USER_BATCH_MAX` taken: a batch is held in memory and sent as one
 /// statement's arrays, and a busy instance has no more calls in flight than
 /// `GRPC_CONCURRENCY_LIMIT` anyway.
@@ -30,6 +32,13 @@ pub struct Cli {
     pub common: CommonArgs,
     #[command(subcommand)]
     pub command: Option<ServiceCommand>,
+    #[command(flatten)]
+    pub ingress: Ingress,
+}
+
+/// How CreateUser calls come in: the user service's own settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct Ingress {
     /// Most CreateUser calls written in one transaction: the calls that arrive while one is
     /// written share the next, and nothing waits for a batch to fill (1 writes each call alone).
     #[arg(
@@ -39,6 +48,23 @@ pub struct Cli {
         value_parser = batch_max
     )]
     pub create_user_batch_max: usize,
+    /// Flows allowed to wait in the chain (outbox rows and ready messages of the work queues)
+    /// before CreateUser answers RESOURCE_EXHAUSTED with a RetryInfo; 0 turns the limit off.
+    #[arg(
+        long,
+        env = "CREATE_USER_MAX_BACKLOG",
+        default_value_t = DEFAULT_CREATE_USER_MAX_BACKLOG
+    )]
+    pub create_user_max_backlog: u64,
+}
+
+impl Default for Ingress {
+    fn default() -> Self {
+        Self {
+            create_user_batch_max: DEFAULT_CREATE_USER_BATCH_MAX,
+            create_user_max_backlog: DEFAULT_CREATE_USER_MAX_BACKLOG,
+        }
+    }
 }
 
 fn batch_max(raw: &str) -> Result<usize, String> {
@@ -57,9 +83,20 @@ mod tests {
 
     #[test]
     fn the_create_user_batch_max_defaults_to_64_and_is_configurable() {
-        assert_eq!(Cli::parse_from(["user-service"]).create_user_batch_max, 64);
+        assert_eq!(
+            Cli::parse_from(["user-service"]).ingress,
+            Ingress::default()
+        );
+        assert_eq!(Ingress::default().create_user_batch_max, 64);
         let cli = Cli::parse_from(["user-service", "--create-user-batch-max", "1"]);
-        assert_eq!(cli.create_user_batch_max, 1);
+        assert_eq!(cli.ingress.create_user_batch_max, 1);
+    }
+
+    #[test]
+    fn the_backlog_limit_is_configurable_and_0_turns_it_off() {
+        let cli = Cli::parse_from(["user-service", "--create-user-max-backlog", "0"]);
+        assert_eq!(cli.ingress.create_user_max_backlog, 0);
+        assert!(Cli::try_parse_from(["user-service", "--create-user-max-backlog=-1"]).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::{future::Future, sync::Arc};
 
 use messaging::{
-    EventContext,
+    Dispatcher, EventContext,
     db_errors::{self, DbErrorClass},
 };
 use service_kit::repository::RepositoryError;
@@ -31,6 +31,9 @@ pub struct Writer {
     requests: mpsc::Sender<Request>,
 }
 
+/// Where committed events go: to the process's relay at once, or (`None`) to any relay's claim.
+type Dispatch = Option<Dispatcher>;
+
 /// A call waiting for the writer.
 struct Request {
     call: CreateRequest,
@@ -43,11 +46,16 @@ impl Writer {
     /// A writer of up to `batch_max` calls per transaction, and its task, to run as background
     /// work. The task ends once every clone of the writer is dropped (the gRPC server has
     /// drained) and every call they handed it is answered.
-    pub fn new(pool: PgPool, batch_max: usize) -> (Self, impl Future<Output = ()> + Send) {
+    /// With a `dispatcher`, each batch's events go to it once committed.
+    pub fn new(
+        pool: PgPool,
+        batch_max: usize,
+        dispatcher: Dispatch,
+    ) -> (Self, impl Future<Output = ()> + Send) {
         let batch_max = batch_max.max(1);
         // Room for the next batch while one is written; beyond it, callers wait to hand theirs.
         let (requests, queued) = mpsc::channel(batch_max);
-        (Self { requests }, run(pool, queued, batch_max))
+        (Self { requests }, run(pool, queued, batch_max, dispatcher))
     }
 
     /// Creates the user in the writer's next transaction: [`repository::create_batch`]'s answer
@@ -69,7 +77,12 @@ impl Writer {
 }
 
 /// The writer task: one batch after the other until no caller is left.
-async fn run(pool: PgPool, mut queued: mpsc::Receiver<Request>, batch_max: usize) {
+async fn run(
+    pool: PgPool,
+    mut queued: mpsc::Receiver<Request>,
+    batch_max: usize,
+    dispatcher: Dispatch,
+) {
     let mut requests = Vec::with_capacity(batch_max);
     while queued.recv_many(&mut requests, batch_max).await > 0 {
         metrics::histogram!("create_user_batch_size").record(requests.len() as f64);
@@ -81,7 +94,9 @@ async fn run(pool: PgPool, mut queued: mpsc::Receiver<Request>, batch_max: usize
                 (request.call, request.answer)
             })
             .unzip();
-        let outcomes = write(&pool, &calls).instrument(span).await;
+        let outcomes = write(&pool, &calls, dispatcher.as_ref())
+            .instrument(span)
+            .await;
         for (answer, outcome) in answers.into_iter().zip(outcomes) {
             // A caller whose call was cancelled has dropped its end; its user stays created.
             let _ = answer.send(outcome);
@@ -94,9 +109,13 @@ async fn run(pool: PgPool, mut queued: mpsc::Receiver<Request>, batch_max: usize
 /// instance's batch, a row the database refuses), each call is written alone, in a transaction
 /// of its own, so that only a call that cannot be written fails. If the database is
 /// unavailable, every call gets that error.
-pub async fn write(pool: &PgPool, calls: &[CreateRequest]) -> Vec<Outcome> {
-    let error = match repository::create_batch(pool, calls).await {
-        Ok(batch) => return committed(batch),
+pub async fn write(
+    pool: &PgPool,
+    calls: &[CreateRequest],
+    dispatcher: Option<&Dispatcher>,
+) -> Vec<Outcome> {
+    let error = match repository::create_batch(pool, calls, dispatcher).await {
+        Ok(batch) => return committed(batch, dispatcher),
         Err(error) => error,
     };
     match error {
@@ -119,8 +138,10 @@ pub async fn write(pool: &PgPool, calls: &[CreateRequest]) -> Vec<Outcome> {
             let mut outcomes = Vec::with_capacity(calls.len());
             for call in calls {
                 outcomes.extend(
-                    match repository::create_batch(pool, std::slice::from_ref(call)).await {
-                        Ok(batch) => committed(batch),
+                    match repository::create_batch(pool, std::slice::from_ref(call), dispatcher)
+                        .await
+                    {
+                        Ok(batch) => committed(batch, dispatcher),
                         Err(error) => vec![Err(error.into())],
                     },
                 );
@@ -130,8 +151,11 @@ pub async fn write(pool: &PgPool, calls: &[CreateRequest]) -> Vec<Outcome> {
     }
 }
 
-/// Where every committed batch ends up: its events wait in the outbox for the relay, its
-/// answers go back to the callers.
-fn committed(batch: CreatedBatch) -> Vec<Outcome> {
+/// Where every committed batch ends up: its events go to the dispatcher (or wait in the outbox
+/// for a relay), its answers back to the callers.
+fn committed(batch: CreatedBatch, dispatcher: Option<&Dispatcher>) -> Vec<Outcome> {
+    if let Some(dispatcher) = dispatcher {
+        dispatcher.dispatch(batch.events);
+    }
     batch.outcomes
 }

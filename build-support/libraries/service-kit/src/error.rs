@@ -38,6 +38,13 @@ pub enum ApiError {
     NotFound(String),
     #[error("a dependency is unavailable")]
     Unavailable(#[source] anyhow::Error),
+    /// The service is saturated: the client should try again after `retry_after`
+    /// (`google.rpc.RetryInfo`).
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -90,6 +97,18 @@ impl From<ApiError> for Status {
                 tracing::warn!(error = format!("{cause:#}"), "dependency unavailable");
                 Status::unavailable("a dependency is unavailable; retry later")
             }
+            ApiError::ResourceExhausted {
+                message,
+                retry_after,
+            } => {
+                // The metrics count these; a line for each would flood the log when it matters.
+                tracing::debug!(code = ?Code::ResourceExhausted, "refused");
+                Status::with_error_details(
+                    Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                )
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");
                 Status::internal("internal error")
@@ -101,6 +120,20 @@ impl From<ApiError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_saturated_service_says_when_to_retry() {
+        let status = Status::from(ApiError::ResourceExhausted {
+            message: "busy".into(),
+            retry_after: std::time::Duration::from_millis(100),
+        });
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry = status.get_details_retry_info().expect("retry info");
+        assert_eq!(
+            retry.retry_delay,
+            Some(std::time::Duration::from_millis(100))
+        );
+    }
 
     #[test]
     fn validation_names_every_field() {

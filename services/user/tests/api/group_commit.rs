@@ -33,7 +33,7 @@ fn call(email: &str, name: &str, request_id: Option<Uuid>) -> CreateRequest {
 
 /// Creates one user in a batch of its own.
 async fn create_alone(app: &TestApp, call: CreateRequest) -> User {
-    let mut created = repository::create_batch(&app.db, &[call])
+    let mut created = repository::create_batch(&app.db, &[call], None)
         .await
         .expect("committed");
     created.outcomes.remove(0).expect("created")
@@ -93,7 +93,7 @@ async fn each_call_of_a_batch_gets_its_own_answer_and_only_new_users_an_event() 
     ];
 
     // Act
-    let created = repository::create_batch(&app.db, &calls)
+    let created = repository::create_batch(&app.db, &calls, None)
         .await
         .expect("committed");
 
@@ -171,7 +171,7 @@ async fn a_batch_the_database_refuses_is_written_call_by_call_and_only_the_bad_c
     ];
 
     // Act
-    let outcomes = writer::write(&app.db, &calls).await;
+    let outcomes = writer::write(&app.db, &calls, None).await;
 
     // Assert
     assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
@@ -196,7 +196,7 @@ async fn when_the_database_is_unavailable_every_call_of_the_batch_gets_that_erro
     ];
 
     // Act
-    let outcomes = writer::write(&pool, &calls).await;
+    let outcomes = writer::write(&pool, &calls, None).await;
 
     // Assert: the batch's error for each, not one attempt per call.
     assert_eq!(outcomes.len(), 2);
@@ -212,7 +212,7 @@ async fn when_the_database_is_unavailable_every_call_of_the_batch_gets_that_erro
 async fn a_call_whose_caller_went_away_is_written_and_the_writer_goes_on() {
     // Arrange: a call handed to a writer that is not running yet, then abandoned.
     let app = spawn_app().await;
-    let (writer, writing) = Writer::new(app.db.clone(), 64);
+    let (writer, writing) = Writer::new(app.db.clone(), 64, None);
     let mut abandoned =
         Box::pin(writer.create(new_user("gone@example.com", "Gone", None), new_context()));
     assert!((&mut abandoned).now_or_never().is_none(), "handed over");
@@ -241,7 +241,7 @@ async fn a_call_whose_caller_went_away_is_written_and_the_writer_goes_on() {
 async fn the_writer_answers_every_call_it_took_before_it_ends() {
     // Arrange: three calls handed over, and no handle left to send more.
     let app = spawn_app().await;
-    let (writer, writing) = Writer::new(app.db.clone(), 64);
+    let (writer, writing) = Writer::new(app.db.clone(), 64, None);
     let mut calls: Vec<_> = ["a", "b", "c"]
         .into_iter()
         .map(|name| {

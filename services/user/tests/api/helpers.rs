@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-use user_service::settings::DEFAULT_CREATE_USER_BATCH_MAX;
+use user_service::settings::Ingress;
 
 /// A running user service and what a test needs around it.
 pub struct TestApp {
@@ -60,7 +60,7 @@ pub async fn spawn_app_in(
 ) -> TestApp {
     let mut settings = sandbox.settings("user-service", "users", amqp_url);
     adjust(&mut settings);
-    let application = user_service::build(&settings, DEFAULT_CREATE_USER_BATCH_MAX)
+    let application = user_service::build(&settings, Ingress::default())
         .await
         .expect("the service starts");
     let application_metrics_addr = application.metrics_addr();

@@ -2,7 +2,7 @@
 
 use futures_util::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
-use user_service::settings::DEFAULT_CREATE_USER_BATCH_MAX;
+use user_service::settings::Ingress;
 
 use crate::helpers::spawn_app;
 
@@ -98,7 +98,7 @@ async fn instances_started_at_once_on_a_fresh_database_all_start() {
 
     // Act
     let started = futures_util::future::join_all(
-        (0..4).map(|_| user_service::build(&settings, DEFAULT_CREATE_USER_BATCH_MAX)),
+        (0..4).map(|_| user_service::build(&settings, Ingress::default())),
     )
     .await;
 

@@ -15,7 +15,7 @@ use proto::{
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
-use user_service::settings::DEFAULT_CREATE_USER_BATCH_MAX;
+use user_service::settings::Ingress;
 
 /// The three services of one test.
 pub struct Stack {
@@ -50,18 +50,30 @@ pub async fn spawn_stack() -> Stack {
 /// The user and order services only; start the payment service with
 /// [`Stack::start_payment_service`].
 pub async fn spawn_stack_without_payment() -> Stack {
-    spawn_partial_stack(Sandbox::new(), &test_support::broker_url()).await
+    spawn_partial_stack(
+        Sandbox::new(),
+        &test_support::broker_url(),
+        Ingress::default(),
+    )
+    .await
 }
 
-/// All three services in `sandbox` (whose Postgres they use), against the broker at `amqp_url`.
-pub async fn spawn_stack_on(sandbox: Sandbox, amqp_url: &str) -> Stack {
-    let mut stack = spawn_partial_stack(sandbox, amqp_url).await;
+/// All three services, the user service taking calls as `ingress` says.
+pub async fn spawn_stack_with_ingress(ingress: Ingress) -> Stack {
+    let mut stack = spawn_partial_stack(Sandbox::new(), &test_support::broker_url(), ingress).await;
     stack.start_payment_service().await;
     stack
 }
 
-async fn spawn_partial_stack(sandbox: Sandbox, amqp_url: &str) -> Stack {
-    let user = start_user_service(&sandbox, amqp_url).await;
+/// All three services in `sandbox` (whose Postgres they use), against the broker at `amqp_url`.
+pub async fn spawn_stack_on(sandbox: Sandbox, amqp_url: &str) -> Stack {
+    let mut stack = spawn_partial_stack(sandbox, amqp_url, Ingress::default()).await;
+    stack.start_payment_service().await;
+    stack
+}
+
+async fn spawn_partial_stack(sandbox: Sandbox, amqp_url: &str, ingress: Ingress) -> Stack {
+    let user = start_user_service(&sandbox, amqp_url, ingress).await;
     let order = start_order_service(&sandbox, amqp_url).await;
     // The payment service creates its database when it starts; until then, point at it lazily.
     let payment_db = sqlx::postgres::PgPoolOptions::new()
@@ -82,9 +94,9 @@ async fn spawn_partial_stack(sandbox: Sandbox, amqp_url: &str) -> Stack {
     }
 }
 
-async fn start_user_service(sandbox: &Sandbox, amqp_url: &str) -> Running {
+async fn start_user_service(sandbox: &Sandbox, amqp_url: &str, ingress: Ingress) -> Running {
     let settings = sandbox.settings("user-service", "users", amqp_url);
-    let app = user_service::build(&settings, DEFAULT_CREATE_USER_BATCH_MAX)
+    let app = user_service::build(&settings, ingress)
         .await
         .expect("the user service starts");
     Running::ready(app, user_service::startup::GRPC_SERVICE).await

@@ -127,7 +127,7 @@ pub(super) async fn create_user(pool: &PgPool) -> anyhow::Result<()> {
         new_user,
         context: context(),
     };
-    let created = user_service::repository::create_batch(pool, &[call]).await?;
+    let created = user_service::repository::create_batch(pool, &[call], None).await?;
     for outcome in created.outcomes {
         outcome?;
     }
