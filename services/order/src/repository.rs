@@ -60,48 +60,119 @@ fn convert(rows: Vec<OrderRow>) -> Result<Vec<Order>, RepositoryError> {
         .collect::<Result<_, _>>()?)
 }
 
-/// Creates the user's sign-up order, pending payment. `None` when the user already has one
-/// (the natural key), in which case nothing is written.
-pub async fn insert(
+/// Creates the sign-up order of each user who has none yet, pending payment, in one statement,
+/// and returns the orders created. A user who has one already (the natural key) gets nothing
+/// written, and neither does a user's second new order in `new_orders` (the first counts). Rows
+/// go in user order, so two transactions creating overlapping users' orders wait on each other
+/// instead of deadlocking.
+pub async fn insert_all(
     executor: impl PgExecutor<'_>,
-    new_order: &NewOrder,
-) -> Result<Option<Order>, RepositoryError> {
-    let row: Option<OrderRow> = sqlx::query_as(&format!(
+    new_orders: &[NewOrder],
+) -> Result<Vec<Order>, RepositoryError> {
+    let mut new_orders: Vec<_> = new_orders.iter().collect();
+    new_orders.sort_by_key(|new_order| new_order.user_id);
+    new_orders.dedup_by_key(|new_order| new_order.user_id);
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "insert into orders (order_id, user_id, user_email, plan, amount_minor, currency, status) \
-         values ($1, $2, $3, $4, $5, $6, $7) \
+         select order_id, user_id, user_email, plan, amount_minor, currency, $7 \
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[]) \
+              as new_order(order_id, user_id, user_email, plan, amount_minor, currency) \
+         order by user_id \
          on conflict (user_id) do nothing \
          returning {COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
-    .bind(new_order.user_id)
-    .bind(&new_order.user_email)
-    .bind(new_order.plan.as_str())
-    .bind(new_order.price.amount_minor)
-    .bind(&new_order.price.currency)
+    .bind(
+        new_orders
+            .iter()
+            .map(|_| Uuid::now_v7())
+            .collect::<Vec<_>>(),
+    )
+    .bind(new_orders.iter().map(|o| o.user_id).collect::<Vec<_>>())
+    .bind(
+        new_orders
+            .iter()
+            .map(|o| o.user_email.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new_orders
+            .iter()
+            .map(|o| o.plan.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new_orders
+            .iter()
+            .map(|o| o.price.amount_minor)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new_orders
+            .iter()
+            .map(|o| o.price.currency.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(OrderStatus::PendingPayment.as_str())
-    .fetch_optional(executor)
+    .fetch_all(executor)
     .await?;
-    Ok(row.map(Order::try_from).transpose()?)
+    convert(rows)
 }
 
-/// Moves a pending order to `status`. `None` when the order is not pending (already settled, or
-/// unknown).
-pub async fn settle(
+/// Moves each pending order of `settlements` to its status, in one statement, and returns the
+/// orders settled: an order not pending (already settled, or unknown) is not among them, and an
+/// order's second settlement in `settlements` is not made (the first counts). The orders are
+/// locked in id order, so two transactions settling overlapping orders wait on each other
+/// instead of deadlocking.
+pub async fn settle_all(
     executor: impl PgExecutor<'_>,
-    order_id: Uuid,
-    status: OrderStatus,
-) -> Result<Option<Order>, RepositoryError> {
-    let row: Option<OrderRow> = sqlx::query_as(&format!(
-        "update orders set status = $2, update_time = now() \
-         where order_id = $1 and status = $3 \
+    settlements: &[(Uuid, OrderStatus)],
+) -> Result<Vec<Order>, RepositoryError> {
+    let mut settlements: Vec<_> = settlements.iter().collect();
+    settlements.sort_by_key(|(order_id, _)| *order_id);
+    settlements.dedup_by_key(|(order_id, _)| *order_id);
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "with pending as materialized ( \
+             select order_id from orders where order_id = any($1) and status = $3 \
+             order by order_id \
+             for update \
+         ) \
+         update orders set status = settlement.new_status, update_time = now() \
+         from unnest($1::uuid[], $2::text[]) as settlement(id, new_status) \
+         where orders.order_id = settlement.id \
+           and orders.order_id in (select order_id from pending) \
+           and orders.status = $3 \
          returning {COLUMNS}"
     ))
-    .bind(order_id)
-    .bind(status.as_str())
+    .bind(
+        settlements
+            .iter()
+            .map(|(order_id, _)| *order_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        settlements
+            .iter()
+            .map(|(_, status)| status.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(OrderStatus::PendingPayment.as_str())
-    .fetch_optional(executor)
+    .fetch_all(executor)
     .await?;
-    Ok(row.map(Order::try_from).transpose()?)
+    convert(rows)
+}
+
+/// The orders of `order_ids` that exist, in one statement.
+pub async fn find_all(
+    executor: impl PgExecutor<'_>,
+    order_ids: &[Uuid],
+) -> Result<Vec<Order>, RepositoryError> {
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "select {COLUMNS} from orders where order_id = any($1)"
+    ))
+    .bind(order_ids)
+    .fetch_all(executor)
+    .await?;
+    convert(rows)
 }
 
 /// The order with this id, if any.

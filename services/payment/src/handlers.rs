@@ -7,8 +7,8 @@
 //!    batch that has no payment yet (`processing`) and commits;
 //! 2. the gateway is called for every payment still processing, concurrently (bounded) and
 //!    outside any transaction, with the order id as its idempotency key;
-//! 3. the consumer's transaction records each outcome with its `payment_processed` outbox row
-//!    (and the inbox row), and commits.
+//! 3. the consumer's transaction records the outcomes of the batch in one statement, with their
+//!    `payment_processed` outbox rows (and the inbox rows), and commits.
 //!
 //! A crash or a redelivery at any point resumes from what was recorded: a payment still
 //! processing is asked of the gateway again under the same key (which answers with the first
@@ -23,7 +23,10 @@ use std::{
 };
 
 use futures_util::{StreamExt, stream};
-use messaging::{Envelope, Handler, HandlerError, Incoming, consumer::parse_id};
+use messaging::{
+    Envelope, Handler, HandlerError, Incoming,
+    consumer::{BatchFailure, BatchMessage, handle_alone, parse_id},
+};
 use proto::order::v1::OrderCreated;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
@@ -191,26 +194,64 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
             .await
     }
 
-    #[tracing::instrument(skip_all, fields(order_id = %message.event.order_id), err)]
     async fn handle(
         &self,
         tx: &mut PgConnection,
         message: &Incoming<OrderCreated>,
         charge: &Charge,
     ) -> Result<Vec<Envelope>, HandlerError> {
-        let Charge::Answered { order_id, outcome } = charge else {
-            tracing::info!("the payment's outcome is recorded already; nothing to do");
-            return Ok(Vec::new());
+        handle_alone(self, tx, message, charge).await
+    }
+
+    /// The gateway's answers of the whole batch recorded in one update.
+    async fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[BatchMessage<'_, OrderCreated, Charge>],
+    ) -> Result<Vec<Vec<Envelope>>, BatchFailure> {
+        let answered: Vec<(Uuid, &PaymentOutcome)> = batch
+            .iter()
+            .filter_map(|item| match item.prepared {
+                Charge::Answered { order_id, outcome } => Some((*order_id, outcome)),
+                Charge::Recorded => None,
+            })
+            .collect();
+        let mut recorded: HashMap<_, _> = if answered.is_empty() {
+            HashMap::new()
+        } else {
+            repository::record_outcomes(tx, &answered)
+                .await?
+                .into_iter()
+                .map(|payment| (payment.order_id, payment))
+                .collect()
         };
-        let Some(payment) = repository::record_outcome(tx, *order_id, outcome).await? else {
-            tracing::info!("another delivery recorded the payment's outcome; nothing to do");
-            return Ok(Vec::new());
-        };
-        tracing::info!(payment_id = %payment.payment_id, status = payment.status.as_str(), "payment processed");
-        Ok(vec![Envelope::new(
-            &wire::payment_processed(&payment),
-            &message.caused_context(),
-        )])
+        let caused = batch.iter().map(|item| {
+            item.span.in_scope(|| {
+                let Charge::Answered { order_id, .. } = item.prepared else {
+                    tracing::info!("the payment's outcome is recorded already; nothing to do");
+                    return Vec::new();
+                };
+                // The first message of an order records its outcome; another finds it recorded.
+                let Some(payment) = recorded.remove(order_id) else {
+                    tracing::info!(
+                        %order_id,
+                        "another delivery recorded the payment's outcome; nothing to do"
+                    );
+                    return Vec::new();
+                };
+                tracing::info!(
+                    %order_id,
+                    payment_id = %payment.payment_id,
+                    status = payment.status.as_str(),
+                    "payment processed"
+                );
+                vec![Envelope::new(
+                    &wire::payment_processed(&payment),
+                    &item.message.caused_context(),
+                )]
+            })
+        });
+        Ok(caused.collect())
     }
 }
 

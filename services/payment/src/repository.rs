@@ -105,24 +105,56 @@ pub async fn record_intents(
     Ok(payments)
 }
 
-/// Records the gateway's outcome of the order's payment, if it is still processing; `None` when
-/// its outcome was recorded already (by another delivery of the same order).
-pub async fn record_outcome(
+/// Records the gateway's outcome of each order's payment that is still processing, in one
+/// statement, and returns the payments recorded: an order whose outcome was recorded already (by
+/// another delivery of the same order) is not among them, and an order's second outcome in
+/// `outcomes` is not recorded (the first counts). The payments are locked in order id order, so
+/// two transactions recording overlapping orders wait on each other instead of deadlocking.
+pub async fn record_outcomes(
     tx: &mut PgConnection,
-    order_id: Uuid,
-    outcome: &PaymentOutcome,
-) -> Result<Option<Payment>, RepositoryError> {
-    let row: Option<PaymentRow> = sqlx::query_as(&format!(
-        "update payments set status = $2, decline_reason = $3, process_time = now() \
-         where order_id = $1 and status = 'processing' \
+    outcomes: &[(Uuid, &PaymentOutcome)],
+) -> Result<Vec<Payment>, RepositoryError> {
+    let mut outcomes: Vec<_> = outcomes.iter().collect();
+    outcomes.sort_by_key(|(order_id, _)| *order_id);
+    outcomes.dedup_by_key(|(order_id, _)| *order_id);
+    let rows: Vec<PaymentRow> = sqlx::query_as(&format!(
+        "with processing as materialized ( \
+             select order_id from payments where order_id = any($1) and status = 'processing' \
+             order by order_id \
+             for update \
+         ) \
+         update payments \
+         set status = outcome.new_status, decline_reason = outcome.reason, process_time = now() \
+         from unnest($1::uuid[], $2::text[], $3::text[]) as outcome(id, new_status, reason) \
+         where payments.order_id = outcome.id \
+           and payments.order_id in (select order_id from processing) \
+           and payments.status = 'processing' \
          returning {COLUMNS}"
     ))
-    .bind(order_id)
-    .bind(outcome.status().as_str())
-    .bind(outcome.decline_reason())
-    .fetch_optional(tx)
+    .bind(
+        outcomes
+            .iter()
+            .map(|(order_id, _)| *order_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|(_, outcome)| outcome.status().as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|(_, outcome)| outcome.decline_reason())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(tx)
     .await?;
-    Ok(row.map(Payment::try_from).transpose()?)
+    Ok(rows
+        .into_iter()
+        .map(Payment::try_from)
+        .collect::<Result<_, _>>()?)
 }
 
 /// The payment with this id, if any.

@@ -1,7 +1,7 @@
 //! The error of every repository: the database failed, or a row holds a value the code never
 //! writes. Both API handlers and event handlers map it.
 
-use messaging::HandlerError;
+use messaging::{HandlerError, consumer::BatchFailure};
 
 use crate::error::ApiError;
 
@@ -29,6 +29,17 @@ impl From<RepositoryError> for HandlerError {
         match error {
             RepositoryError::Database(error) => error.into(),
             RepositoryError::Corrupt(error) => Self::Permanent(error.into()),
+        }
+    }
+}
+
+/// A statement an event handler made for a whole batch failed: which message is at fault is not
+/// known.
+impl From<RepositoryError> for BatchFailure {
+    fn from(error: RepositoryError) -> Self {
+        Self {
+            at: None,
+            error: error.into(),
         }
     }
 }

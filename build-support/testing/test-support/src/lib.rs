@@ -3,8 +3,10 @@
 //! a service [`Running`] in the test, event capture and publishing on the broker, polling with a
 //! deadline, a TCP proxy that makes the broker reachable, cut or stalled on demand without
 //! touching the shared one, private brokers, Postgres servers and a [`PrivateCluster`] of RabbitMQ
-//! nodes; and [`hostile`] input with the assertions that go with it.
+//! nodes; [`hostile`] input with the assertions that go with it; and batches of events applied as
+//! a consumer applies them, without a broker ([`apply_as_consumer`]).
 
+mod batches;
 mod broker;
 mod cluster;
 pub mod hostile;
@@ -12,6 +14,7 @@ mod private_servers;
 mod proxy;
 mod running;
 
+pub use batches::{Settled, apply_as_consumer, delivered};
 pub use broker::{
     dead_letters, new_context, poison, publish, publish_raw, publisher, queue_depth, take_message,
 };
@@ -29,7 +32,7 @@ use lapin::{
 use messaging::{BrokerAddresses, ConsumerTuning, Namespace, RetryPolicy, Topology};
 use secrecy::SecretString;
 use service_kit::{Settings, settings::LogFormat};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::{Connection as _, PgConnection, PgPool, migrate::Migrator};
 use tokio::net::TcpStream;
 use uuid::Uuid;
 
@@ -153,6 +156,16 @@ impl Sandbox {
         PgPool::connect(&self.database_url(service))
             .await
             .expect("the service created its database")
+    }
+
+    /// A pool on this sandbox's database for `service`, created and migrated as the service does
+    /// it (with `migrator`, its migrations), without running the service: for a test that drives
+    /// the service's code itself.
+    pub async fn migrated_pool(&self, service: &str, migrator: Migrator) -> PgPool {
+        let url = SecretString::from(self.database_url(service));
+        service_kit::database::connect_and_migrate(&url, 4, migrator)
+            .await
+            .expect("the database is created and migrated")
     }
 }
 

@@ -4,16 +4,18 @@
 use std::time::Duration;
 
 use lapin::{BasicProperties, types::AMQPValue};
-use messaging::{Envelope, topology::ORDER_SERVICE_USER_CREATED};
+use messaging::topology::ORDER_SERVICE_USER_CREATED;
 use prost::Message;
 use proto::{
     order::v1::{OrderCreated, OrderStatus},
     payment::v1::PaymentStatus,
-    user::v1::{Plan, UserCreated},
+    user::v1::Plan,
 };
 use test_support::{assert_no_more_deliveries, eventually, next_delivery};
 
-use crate::helpers::{payment_processed, spawn_app, user_created, user_id};
+use crate::helpers::{
+    payment_processed, spawn_app, user_created, user_created_without_uuid, user_id,
+};
 
 #[tokio::test]
 async fn user_created_creates_one_pending_order_priced_by_plan_and_announces_it() {
@@ -139,16 +141,7 @@ async fn a_backlog_is_applied_in_batches_and_a_poisoned_message_fails_alone() {
     let users: Vec<_> = (0..30)
         .map(|i| user_created(&format!("user{i}@example.com"), Plan::Basic))
         .collect();
-    let poison = Envelope::new(
-        &UserCreated {
-            user_id: "not-a-uuid".into(),
-            email: "poison@example.com".into(),
-            name: "Poison".into(),
-            plan: Plan::Basic.into(),
-            create_time: None,
-        },
-        &test_support::new_context(),
-    );
+    let poison = user_created_without_uuid();
     let backlog: Vec<_> = users[..15]
         .iter()
         .chain([&poison, &users[3]])
@@ -195,6 +188,106 @@ async fn a_backlog_is_applied_in_batches_and_a_poisoned_message_fails_alone() {
         transactions < messages / 2,
         "{messages} messages in {transactions} transactions"
     );
+}
+
+#[tokio::test]
+async fn a_backlog_of_payment_processed_settles_each_order_by_its_first_payment_and_fails_only_unknown_orders_and_malformed_messages()
+ {
+    // Arrange: 20 users' orders, then a backlog waiting while no instance consumes: each
+    // order's payment, for some a second one contradicting it right after, and in the middle one
+    // for an unknown order and one whose order id is no UUID.
+    let mut app = spawn_app().await;
+    let users: Vec<_> = (0..20)
+        .map(|i| user_created(&format!("user{i}@example.com"), Plan::Basic))
+        .collect();
+    for envelope in &users {
+        app.publish(envelope).await;
+    }
+    let mut orders = Vec::new();
+    for envelope in &users {
+        orders.push(app.order_of(&user_id(envelope)).await);
+    }
+    app.stop().await;
+    let first_status = |i: usize| {
+        if i.is_multiple_of(2) {
+            PaymentStatus::Succeeded
+        } else {
+            PaymentStatus::Declined
+        }
+    };
+    let mut unknown = orders[0].clone();
+    unknown.order_id = uuid::Uuid::now_v7().to_string();
+    let mut malformed = orders[0].clone();
+    malformed.order_id = "not-a-uuid".into();
+    let poison = [
+        payment_processed(&unknown, PaymentStatus::Succeeded),
+        payment_processed(&malformed, PaymentStatus::Succeeded),
+    ];
+    let mut backlog = Vec::new();
+    for (i, order) in orders.iter().enumerate() {
+        backlog.push(payment_processed(order, first_status(i)));
+        if i.is_multiple_of(5) {
+            backlog.push(payment_processed(order, first_status(i + 1)));
+        }
+        if i == 10 {
+            backlog.extend(poison.iter().cloned());
+        }
+    }
+    for envelope in &backlog {
+        app.publish(envelope).await;
+    }
+
+    // Act
+    let _instance = app.start_another_instance().await;
+
+    // Assert: every order settled by its first payment.
+    let dlq = app
+        .topology()
+        .dead_letter_queue(&messaging::topology::ORDER_SERVICE_PAYMENT_PROCESSED);
+    eventually(|| async { test_support::queue_depth(&app.amqp, &dlq).await == 2 }).await;
+    let status_of = |order_id: String| {
+        let db = app.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("select status from orders where order_id = $1::uuid")
+                .bind(order_id)
+                .fetch_one(&db)
+                .await
+                .expect("the order")
+        }
+    };
+    let last = orders.last().expect("orders").order_id.clone();
+    eventually(|| async { status_of(last.clone()).await != "pending_payment" }).await;
+    for (i, order) in orders.iter().enumerate() {
+        let expected = match first_status(i) {
+            PaymentStatus::Succeeded => "paid",
+            _ => "payment_declined",
+        };
+        assert_eq!(
+            status_of(order.order_id.clone()).await,
+            expected,
+            "order {i}"
+        );
+    }
+
+    // Assert: only the two poisoned messages were dead-lettered.
+    let mut dead = Vec::new();
+    for _ in 0..2 {
+        let message = test_support::take_message(&app.amqp, &dlq)
+            .await
+            .expect("a dead letter");
+        dead.push(
+            message
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .expect("a message id"),
+        );
+    }
+    dead.sort();
+    let mut expected: Vec<_> = poison.iter().map(|e| e.message_id.to_string()).collect();
+    expected.sort();
+    assert_eq!(dead, expected);
 }
 
 #[tokio::test]

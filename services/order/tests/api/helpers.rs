@@ -130,6 +130,18 @@ pub fn user_created_in(email: &str, plan: Plan, context: &EventContext) -> Envel
     Envelope::new(&event, context)
 }
 
+/// A `user_created` envelope the handler must refuse: its user_id is not a UUID.
+pub fn user_created_without_uuid() -> Envelope {
+    let event = UserCreated {
+        user_id: "not-a-uuid".into(),
+        email: "poison@example.com".into(),
+        name: "Poison".into(),
+        plan: Plan::Basic.into(),
+        create_time: None,
+    };
+    Envelope::new(&event, &test_support::new_context())
+}
+
 /// A `payment_processed` envelope settling `order`.
 pub fn payment_processed(order: &Order, status: PaymentStatus) -> Envelope {
     let event = PaymentProcessed {

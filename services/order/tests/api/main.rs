@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod batches;
 mod consuming;
 mod helpers;
 mod hostile;

@@ -6,6 +6,7 @@
 #![allow(unreachable_pub)]
 
 mod api;
+mod batches;
 mod charging;
 mod consuming;
 mod failures;

@@ -2,13 +2,12 @@
 //! effect and the outbox rows of what they caused. The consumer runs it for every batch it
 //! receives; the benchmark's ceiling runs it without a broker, to measure the same transaction.
 
-use sqlx::PgPool;
-use tracing::Instrument;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Handler, HandlerError, Incoming};
+use super::{BatchFailure, BatchMessage, Handler, HandlerError};
 use crate::{
-    inbox,
+    Envelope, inbox,
     outbox::{self, Dispatcher},
 };
 
@@ -21,38 +20,49 @@ pub enum Outcome {
     Duplicate,
 }
 
-/// One message of a batch, with what the handler's first step prepared for it.
-#[derive(Debug)]
-pub struct BatchMessage<'a, E, P> {
-    pub message: &'a Incoming<E>,
-    pub prepared: &'a P,
-    /// The span the handler runs in (the consumer's is a child of the producer's trace).
-    pub span: tracing::Span,
-}
-
-/// Why a batch did not commit: the handler failed on the message at index `at`, or (`None`) the
-/// batch as a whole failed (its begin, inbox, outbox or commit).
-#[derive(Debug, thiserror::Error)]
-#[error("the batch was not applied (failed at message {at:?}): {error}")]
-pub struct BatchFailure {
-    pub at: Option<usize>,
-    pub error: HandlerError,
-}
-
-impl From<sqlx::Error> for BatchFailure {
-    fn from(error: sqlx::Error) -> Self {
-        Self {
-            at: None,
-            error: error.into(),
-        }
+/// The handler's step for the new messages of a batch, in one call: the events they caused, in
+/// batch order. A failure names its message by its position in the batch (`positions[i]` is
+/// where `new[i]` stands).
+async fn handle_new<H: Handler>(
+    tx: &mut PgConnection,
+    handler: &H,
+    new: &[BatchMessage<'_, H::Event, H::Prepared>],
+    positions: &[usize],
+) -> Result<Vec<Envelope>, BatchFailure> {
+    if new.is_empty() {
+        return Ok(Vec::new());
     }
+    let caused = handler
+        .handle_batch(tx, new)
+        .await
+        .map_err(|failure| BatchFailure {
+            at: failure.at.and_then(|at| positions.get(at).copied()),
+            error: failure.error,
+        })?;
+    if caused.len() != new.len() {
+        // A handler bug: which message's events are missing is not known.
+        tracing::error!(
+            expected = new.len(),
+            got = caused.len(),
+            "the handler answered for a different number of messages"
+        );
+        return Err(BatchFailure {
+            at: None,
+            error: HandlerError::Permanent(anyhow::anyhow!(
+                "the handler answered for {} of {} messages",
+                caused.len(),
+                new.len()
+            )),
+        });
+    }
+    Ok(caused.into_iter().flatten().collect())
 }
 
-/// One transaction for the batch: its inbox rows for `consumer` in one insert, each new
-/// message's effect, and the outbox rows of everything they caused in one insert. Duplicates
-/// (already in the inbox, or twice in the batch) are skipped. Nothing is settled here. With a
-/// `dispatcher`, the events go to it once committed (see [`outbox::dispatch`]); without, they
-/// are due at once for any relay.
+/// One transaction for the batch: its inbox rows for `consumer` in one insert, the new messages'
+/// effects in one call of the handler's [`Handler::handle_batch`], and the outbox rows of
+/// everything they caused in one insert. Duplicates (already in the inbox, or twice in the
+/// batch) are skipped. Nothing is settled here. With a `dispatcher`, the events go to it once
+/// committed (see [`outbox::dispatch`]); without, they are due at once for any relay.
 pub async fn apply_batch<H: Handler>(
     pool: &PgPool,
     consumer: &str,
@@ -64,23 +74,23 @@ pub async fn apply_batch<H: Handler>(
     let ids: Vec<Uuid> = batch.iter().map(|item| item.message.message_id).collect();
     let mut fresh = inbox::record_all(&mut tx, consumer, &ids).await?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut caused = Vec::new();
+    // The new messages, and where each stands in the batch.
+    let mut new = Vec::with_capacity(batch.len());
+    let mut positions = Vec::with_capacity(batch.len());
     for (at, item) in batch.iter().enumerate() {
         if !fresh.remove(&item.message.message_id) {
             outcomes.push(Outcome::Duplicate);
             continue;
         }
-        let events = handler
-            .handle(&mut tx, item.message, item.prepared)
-            .instrument(item.span.clone())
-            .await
-            .map_err(|error| BatchFailure {
-                at: Some(at),
-                error,
-            })?;
-        caused.extend(events);
+        new.push(BatchMessage {
+            message: item.message,
+            prepared: item.prepared,
+            span: item.span.clone(),
+        });
+        positions.push(at);
         outcomes.push(Outcome::Applied);
     }
+    let caused = handle_new(&mut tx, handler, &new, &positions).await?;
     match dispatcher {
         Some(dispatcher) => dispatcher.enqueue(&mut tx, &caused).await?,
         None => outbox::enqueue_all(&mut tx, &caused).await?,

@@ -8,8 +8,8 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
-    EventConsumer, Handler, HandlerError, Incoming,
-    apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
+    BatchFailure, BatchMessage, EventConsumer, Handler, HandlerError, Incoming,
+    apply::{Outcome, apply_batch},
     hold::Hold,
     settle::Unsettled,
 };

@@ -4,6 +4,7 @@ use std::future::Future;
 
 use proto::Event;
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -49,6 +50,34 @@ impl From<sqlx::Error> for HandlerError {
     }
 }
 
+/// One message of a batch, with what the handler's first step prepared for it.
+#[derive(Debug)]
+pub struct BatchMessage<'a, E, P> {
+    pub message: &'a Incoming<E>,
+    pub prepared: &'a P,
+    /// The span the handler runs in (the consumer's is a child of the producer's trace).
+    pub span: tracing::Span,
+}
+
+/// Why a batch did not commit: the handler failed on the message at index `at`, or (`None`) the
+/// batch as a whole failed (its begin, inbox, outbox or commit, or a statement the handler made
+/// for several messages at once).
+#[derive(Debug, thiserror::Error)]
+#[error("the batch was not applied (failed at message {at:?}): {error}")]
+pub struct BatchFailure {
+    pub at: Option<usize>,
+    pub error: HandlerError,
+}
+
+impl From<sqlx::Error> for BatchFailure {
+    fn from(error: sqlx::Error) -> Self {
+        Self {
+            at: None,
+            error: error.into(),
+        }
+    }
+}
+
 /// Parses an id field of an event; a malformed id is a permanent failure.
 pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, HandlerError> {
     Uuid::parse_str(raw)
@@ -60,15 +89,19 @@ pub fn parse_id(field: &str, raw: &str) -> Result<Uuid, HandlerError> {
 /// [`Handler::prepare`] runs first, outside any transaction of the consumer's, once for each
 /// delivery of a batch: the place for an effect outside the service's database (a call to
 /// another system), which must never run inside a transaction that may be rolled back or applied
-/// again. It records what it needs in transactions of its own and hands its result to
-/// [`Handler::handle`]. A message it fails on is settled alone (retried, dead-lettered or
-/// requeued), and the rest go on.
+/// again. It records what it needs in transactions of its own and hands its result to the second
+/// step. A message it fails on is settled alone (retried, dead-lettered or requeued), and the
+/// rest go on.
 ///
-/// [`Handler::handle`] runs inside the consumer's transaction and returns the events the message
-/// causes: its effect, the inbox row and those events' outbox rows commit together. The
-/// transaction may hold other messages of the same batch; a handler must not commit it. When
-/// another message of the batch fails, the batch is applied again without it, with the same
-/// prepared results: `prepare` is never run twice for one delivery.
+/// The second step runs inside the consumer's transaction and returns the events each message
+/// causes: its effect, the inbox row and those events' outbox rows commit together. It is
+/// [`Handler::handle_batch`], called once for all the new messages of a batch (duplicates are
+/// skipped before it); by default it runs [`Handler::handle`] for each message in turn, so a
+/// handler that makes a statement or two per message writes only `handle`, and one that can
+/// make them for the whole batch at once (one insert, one update for all its messages)
+/// overrides `handle_batch` too. The transaction may hold other messages of the same batch; a
+/// handler must not commit it. When a message fails, the batch is applied again without it,
+/// with the same prepared results: `prepare` is never run twice for one delivery.
 pub trait Handler: Send + Sync + 'static {
     /// The event this handler consumes.
     type Event: Event + Send + Sync;
@@ -88,12 +121,68 @@ pub trait Handler: Send + Sync + 'static {
         std::future::ready(prepared.collect())
     }
 
+    /// The step inside the batch's transaction for one message: the events it causes.
     fn handle(
         &self,
         tx: &mut PgConnection,
         message: &Incoming<Self::Event>,
         prepared: &Self::Prepared,
     ) -> impl Future<Output = Result<Vec<Envelope>, HandlerError>> + Send;
+
+    /// The step inside the batch's transaction for every new message of a batch at once; the
+    /// events at index `i` are caused by `batch[i]`. A failure names the message at fault by its
+    /// index in `batch`: it is settled alone, and the others are applied again without it. A
+    /// failure without an index (a statement made for several messages failed, and which of
+    /// them is at fault is not known) has the batch applied again one message at a time.
+    ///
+    /// By default, [`Handler::handle`] for each message in turn, in the message's span. An
+    /// override must give each message the outcome `handle` would give it one message after the
+    /// other, in batch order (two messages of one entity: the first one's effect, then the
+    /// second finding it done), and should log what it did for a message in that message's span
+    /// (`span.in_scope`).
+    fn handle_batch(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[BatchMessage<'_, Self::Event, Self::Prepared>],
+    ) -> impl Future<Output = Result<Vec<Vec<Envelope>>, BatchFailure>> + Send {
+        async move {
+            let mut caused = Vec::with_capacity(batch.len());
+            for (at, item) in batch.iter().enumerate() {
+                let events = self
+                    .handle(&mut *tx, item.message, item.prepared)
+                    .instrument(item.span.clone())
+                    .await
+                    .map_err(|error| BatchFailure {
+                        at: Some(at),
+                        error,
+                    })?;
+                caused.push(events);
+            }
+            Ok(caused)
+        }
+    }
+}
+
+/// [`Handler::handle`] of a handler that overrides [`Handler::handle_batch`]: its batch step for
+/// the one message, in the current span, so that the two cannot differ. (In a handler that does
+/// not override `handle_batch` the two would call each other, which does not compile: "recursion
+/// in an async fn requires boxing".)
+pub async fn handle_alone<H: Handler>(
+    handler: &H,
+    tx: &mut PgConnection,
+    message: &Incoming<H::Event>,
+    prepared: &H::Prepared,
+) -> Result<Vec<Envelope>, HandlerError> {
+    let batch = [BatchMessage {
+        message,
+        prepared,
+        span: tracing::Span::current(),
+    }];
+    let mut caused = handler
+        .handle_batch(tx, &batch)
+        .await
+        .map_err(|failure| failure.error)?;
+    Ok(caused.pop().unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -51,8 +51,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use self::{
-    apply::{BatchFailure, BatchMessage, Outcome, apply_batch},
-    handler::{Handler, HandlerError, parse_id},
+    apply::{Outcome, apply_batch},
+    handler::{BatchFailure, BatchMessage, Handler, HandlerError, handle_alone, parse_id},
     ready::take_ready,
     settle::Unsettled,
 };
