@@ -16,11 +16,7 @@
 //! again. A batch applied again after another of its messages failed reuses the gateway's
 //! answers; it does not call the gateway.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
 use messaging::{
@@ -59,11 +55,11 @@ impl Default for ChargeSettings {
 /// What the first step found out for one `order_created`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Charge {
-    /// Nothing to do: the payment's outcome was recorded before, or another message of the same
-    /// batch charges the same order.
+    /// Nothing to do: the payment's outcome was recorded before.
     #[default]
     Recorded,
-    /// The gateway answered for the order; the outcome is to be recorded.
+    /// The gateway answered for the order; the outcome is to be recorded (by the first message
+    /// of the batch for the order that commits: every later one has the same answer).
     Answered {
         order_id: Uuid,
         outcome: PaymentOutcome,
@@ -154,14 +150,18 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
             .map(|message| intent(&message.event))
             .collect();
         let mut recorded = record_intents(pool, &intents).await;
-        let mut seen = HashSet::new();
+        // The first message of the batch for each order, and, for every later one, that first.
+        let mut first = HashMap::new();
+        let mut follows = Vec::with_capacity(messages.len());
         let mut charges = Vec::with_capacity(messages.len());
-        for (message, intent) in messages.iter().copied().zip(intents) {
+        for (at, (message, intent)) in messages.iter().copied().zip(intents).enumerate() {
             let payment = intent.and_then(|intent| {
-                if !seen.insert(intent.order_id) {
-                    // Another message of this batch charges the same order.
+                if let Some(&earlier) = first.get(&intent.order_id) {
+                    follows.push(Some(earlier));
                     return Ok(None);
                 }
+                first.insert(intent.order_id, at);
+                follows.push(None);
                 match recorded.remove(&intent.order_id) {
                     Some(payment) => payment.map(Some),
                     None => Err(HandlerError::Transient(anyhow::anyhow!(
@@ -169,6 +169,10 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
                     ))),
                 }
             });
+            if follows.len() == at {
+                // The message failed before its order was known.
+                follows.push(None);
+            }
             charges.push(async move {
                 let Some(payment) = payment? else {
                     return Ok(Charge::Recorded);
@@ -188,10 +192,20 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
                     .await
             });
         }
-        stream::iter(charges)
+        let mut charged: Vec<Result<Charge, HandlerError>> = stream::iter(charges)
             .buffered(self.settings.concurrency.max(1))
             .collect()
-            .await
+            .await;
+        // A later message of an order (another event for it, or a copy of the first under its
+        // message id: a retry whose original's ack was lost) shares the first's fate. Were it
+        // applied while the first is retried, its inbox row would make the first's return a
+        // duplicate, and the payment would stay processing for good.
+        for (at, earlier) in follows.into_iter().enumerate() {
+            if let Some(earlier) = earlier {
+                charged[at] = same_as(&charged[earlier]);
+            }
+        }
+        charged
     }
 
     async fn handle(
@@ -252,6 +266,19 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
             })
         });
         Ok(caused.collect())
+    }
+}
+
+/// The first step's result for a message that follows another of its order in the batch.
+fn same_as(first: &Result<Charge, HandlerError>) -> Result<Charge, HandlerError> {
+    let cause = |error: &anyhow::Error| {
+        anyhow::anyhow!("another delivery of this order in the batch failed: {error:#}")
+    };
+    match first {
+        Ok(charge) => Ok(charge.clone()),
+        Err(HandlerError::Unavailable(error)) => Err(HandlerError::Unavailable(cause(error))),
+        Err(HandlerError::Transient(error)) => Err(HandlerError::Transient(cause(error))),
+        Err(HandlerError::Permanent(error)) => Err(HandlerError::Permanent(cause(error))),
     }
 }
 

@@ -153,7 +153,7 @@ async fn a_batch_of_order_created_records_each_answered_charge_once_and_announce
     ];
 
     // Act: the first step. The malformed message fails there, alone; each order is charged
-    // once.
+    // once, and a later message of an order gets the first's answer.
     let (messages, prepared) = prepare(&pool, &handler, &batch).await;
     assert!(matches!(prepared[1], Err(HandlerError::Permanent(_))));
     let charges: Vec<_> = prepared.iter().map(|p| p.as_ref().ok().cloned()).collect();
@@ -163,9 +163,9 @@ async fn a_batch_of_order_created_records_each_answered_charge_once_and_announce
             answered(&ada, PaymentOutcome::Succeeded),
             None,
             answered(&bob, declined()),
+            answered(&ada, PaymentOutcome::Succeeded),
             Some(Charge::Recorded),
-            Some(Charge::Recorded),
-            Some(Charge::Recorded),
+            answered(&ada, PaymentOutcome::Succeeded),
             answered(&carol, PaymentOutcome::Succeeded),
         ]
     );
@@ -269,5 +269,27 @@ async fn two_answers_for_one_order_in_one_batch_record_the_first_and_announce_it
             order.order_id.clone(),
             proto::payment::v1::PaymentStatus::Succeeded as i32
         )]
+    );
+}
+
+#[tokio::test]
+async fn a_second_delivery_of_an_order_in_a_batch_shares_the_fate_of_the_first() {
+    // Arrange: a message and its copy under the same message id, in one batch: the copy a retry
+    // published before the original's ack was lost (a process killed, a connection cut). The
+    // gateway fails the order's first charge transiently (`+flaky`).
+    let sandbox = Sandbox::new();
+    let (pool, handler) = payments_database(&sandbox).await;
+    let (_, flaky) = order_created("flaky+flaky@example.com");
+
+    // Act
+    let (_, prepared) = prepare(&pool, &handler, &[&flaky, &flaky]).await;
+
+    // Assert: the copy is not applied without the charge while the first is retried (its
+    // inbox row would make the retry a duplicate, and the payment would stay processing).
+    assert!(
+        prepared
+            .iter()
+            .all(|charge| matches!(charge, Err(HandlerError::Transient(_)))),
+        "{prepared:?}"
     );
 }

@@ -135,6 +135,19 @@ pub async fn remove(
     Ok(())
 }
 
+/// Deletes the rows of `message_ids` (published ones) on their own, outside any claim: what a
+/// dispatch does once the broker confirmed them. How many there were.
+pub async fn remove_published(pool: &PgPool, message_ids: &[Uuid]) -> Result<usize, sqlx::Error> {
+    if message_ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query("delete from outbox where message_id = any($1)")
+        .bind(message_ids)
+        .execute(pool)
+        .await?;
+    Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
+}
+
 /// What waits in the outbox.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OutboxStats {

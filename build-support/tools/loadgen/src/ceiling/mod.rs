@@ -3,8 +3,9 @@
 //!
 //! On a scratch database migrated by the services' own migrators, it runs the transactions the
 //! stack runs for a flow through the services' own code and batch sizes: the user service's
-//! `repository::create_batch`, a batch of one per call (the user and its outbox row), the relay's claim-and-delete of outbox
-//! rows, and the three consumers' batches through the messaging crate's `apply_batch` (inbox
+//! `repository::create_batch` (the users of a batch of calls and their outbox rows, written for
+//! the dispatcher), the delete of published rows a dispatch makes after the broker's confirm,
+//! and the three consumers' batches through the messaging crate's `apply_batch` (inbox
 //! rows, the handler's effect, outbox rows) with the services' handlers; the payment handler's
 //! first step (record the intents, charge the simulator) runs before its batch, as in the
 //! consumer. Each consumer step is fed the events the step before it wrote to the outbox. On a
@@ -12,7 +13,8 @@
 //! consumes them with acks. Each step is measured twice: at full load for its throughput, and
 //! one at a time for its latency.
 //!
-//! The ceiling adds up what one flow costs: one user transaction, three relayed rows, one
+//! The ceiling adds up what one flow costs: one user's share of a user transaction, three
+//! deleted rows, one
 //! message through each consumer, and three messages through the broker, each cost the inverse
 //! of that step's throughput measured alone. Postgres and RabbitMQ share the machine's cores, so
 //! their costs add too.
@@ -22,13 +24,15 @@ mod steps;
 mod table;
 
 use std::{
+    collections::VecDeque,
     future::Future,
     str::FromStr,
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
+use futures_util::TryFutureExt;
 use messaging::topology::{
     ORDER_SERVICE_PAYMENT_PROCESSED, ORDER_SERVICE_USER_CREATED, PAYMENT_SERVICE_ORDER_CREATED,
 };
@@ -49,8 +53,8 @@ use uuid::Uuid;
 use self::{
     broker::broker,
     steps::{
-        consume, consumer_step, create_user, drain, fill_outbox, new_users, relay_pass,
-        user_created,
+        consume, consumer_step, create_users, drain, fill_outbox, new_users, remove_published,
+        take, user_created,
     },
     table::{table, to_json},
 };
@@ -66,11 +70,14 @@ pub(crate) struct CeilingArgs {
     /// The type of the scratch queue, as the services declare theirs (`quorum` or `classic`).
     #[arg(long, env = "QUEUE_TYPE", default_value = "quorum")]
     queue_type: messaging::QueueType,
-    /// Concurrent user transactions, each a batch of one call (the user service, which now
-    /// writes the calls that arrive together in one transaction, one at a time, once ran up to
-    /// its connection pool's size, 16, at once).
-    #[arg(long, short = 'c', default_value_t = 16)]
+    /// Concurrent user transactions: one per user service instance, whose writer commits one
+    /// batch at a time.
+    #[arg(long, short = 'c', default_value_t = 1)]
     concurrency: usize,
+    /// CreateUser calls per user transaction at full load: the user service's
+    /// CREATE_USER_BATCH_MAX, which its writer's batches reach once that many calls wait.
+    #[arg(long, default_value_t = 64)]
+    user_batch: usize,
     /// Messages per consumer transaction and rows per relay pass (the consumers' batch size).
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -145,38 +152,45 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
     let mut steps = Vec::new();
 
     eprintln!("ceiling: user transactions");
+    let user_batch = args.user_batch.max(1);
     let throughput = at_full_load(args.concurrency, span, |_| {
         let pool = pool.clone();
-        async move { create_user(&pool).await.map(|()| 1) }
+        async move { create_users(&pool, user_batch).await }
     })
     .await?;
-    let latency = one_at_a_time(args.samples, || create_user(&pool)).await?;
+    let latency = one_at_a_time(args.samples, || create_users(&pool, 1).map_ok(drop)).await?;
     steps.push(Step {
-        name: "user: user + outbox row",
+        name: "user: users + outbox rows",
         throughput,
-        unit: "tx",
+        unit: "user",
         per_flow: 1.0,
         latency,
         hops: 1.0,
     });
 
-    eprintln!("ceiling: relay passes");
-    // One relay per service, as in the stack; they share the rows through `skip locked`.
+    eprintln!("ceiling: dispatched rows");
+    // Each service deletes what it published, a batch at a time, beside the others.
     let queued = (throughput * span.as_secs_f64() * 2.0).max(10_000.0) as usize;
-    fill_outbox(&pool, queued).await?;
+    let published = Mutex::new(VecDeque::from(fill_outbox(&pool, queued).await?));
     let throughput = at_full_load(3, span, |_| {
-        let pool = pool.clone();
-        async move { Ok(relay_pass(&pool, batch).await?.len() as u64) }
+        let ids = take(&published, batch);
+        let pool = &pool;
+        async move {
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            remove_published(pool, ids).await
+        }
     })
     .await?;
-    fill_outbox(&pool, args.samples).await?;
+    drain(&pool).await?;
+    let alone = Mutex::new(VecDeque::from(fill_outbox(&pool, args.samples).await?));
     let latency = one_at_a_time(args.samples, || async {
-        anyhow::ensure!(relay_pass(&pool, 1).await?.len() == 1, "no outbox row left");
-        Ok(())
+        remove_published(&pool, take(&alone, 1)).await.map(drop)
     })
     .await?;
     steps.push(Step {
-        name: "relay: claim + delete rows",
+        name: "dispatch: delete published rows",
         throughput,
         unit: "row",
         per_flow: 3.0,

@@ -5,7 +5,7 @@ use std::{collections::VecDeque, sync::Mutex, time::Duration};
 
 use lapin::message::Delivery;
 use messaging::{
-    Envelope, EventContext, Handler, Incoming, TraceParent,
+    Dispatcher, Envelope, EventContext, Handler, Incoming, TraceParent,
     consumer::{BatchMessage, Outcome, apply_batch, decode},
     outbox,
     topology::Consumes,
@@ -112,41 +112,67 @@ pub(super) fn take<T>(from: &Mutex<VecDeque<T>>, n: usize) -> Vec<T> {
     from.drain(..n).collect()
 }
 
-/// CreateUser's transaction, by the user service's repository: the user and its outbox row, as
-/// the service's writer commits a call that arrives alone (a batch of one).
-pub(super) async fn create_user(pool: &PgPool) -> anyhow::Result<()> {
-    let request_id = Uuid::new_v4();
-    let new_user = NewUser::parse(
-        &format!("ceiling-{request_id}@example.com"),
-        "Ceiling Test",
-        Plan::Basic,
-        &request_id.to_string(),
-    )
-    .map_err(|violations| anyhow::anyhow!("invalid user: {violations:?}"))?;
-    let call = CreateRequest {
-        new_user,
-        context: context(),
-    };
-    let created = user_service::repository::create_batch(pool, &[call], None).await?;
-    for outcome in created.outcomes {
-        outcome?;
-    }
-    Ok(())
+/// How the services write their events: leased to a dispatcher, through the same statement,
+/// but due at once here, since no relay publishes them and the next step takes them out.
+pub(super) fn dispatcher() -> Dispatcher {
+    Dispatcher::without_relay("loadgen", Duration::ZERO)
 }
 
-/// Puts `rows` outbox rows in place for the relay, in chunks.
-pub(super) async fn fill_outbox(pool: &PgPool, rows: usize) -> anyhow::Result<()> {
+/// CreateUser's transaction for `calls` calls that arrived together, by the user service's
+/// repository, as its writer commits them (a call that arrives alone is a batch of one): the
+/// users and their outbox rows. How many users it created.
+pub(super) async fn create_users(pool: &PgPool, calls: usize) -> anyhow::Result<u64> {
+    let calls = (0..calls.max(1))
+        .map(|_| {
+            let request_id = Uuid::new_v4();
+            let new_user = NewUser::parse(
+                &format!("ceiling-{request_id}@example.com"),
+                "Ceiling Test",
+                Plan::Basic,
+                &request_id.to_string(),
+            )
+            .map_err(|violations| anyhow::anyhow!("invalid user: {violations:?}"))?;
+            Ok(CreateRequest {
+                new_user,
+                context: context(),
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let created = user_service::repository::create_batch(pool, &calls, Some(&dispatcher())).await?;
+    for outcome in &created.outcomes {
+        if let Err(error) = outcome {
+            anyhow::bail!("CreateUser failed: {error}");
+        }
+    }
+    Ok(created.outcomes.len() as u64)
+}
+
+/// Puts `rows` outbox rows in place, in chunks; their ids.
+pub(super) async fn fill_outbox(pool: &PgPool, rows: usize) -> anyhow::Result<Vec<Uuid>> {
+    let mut ids = Vec::with_capacity(rows);
     let mut left = rows;
     while left > 0 {
         let chunk: Vec<Envelope> = (0..left.min(1000)).map(|_| user_created()).collect();
         left -= chunk.len();
+        ids.extend(chunk.iter().map(|row| row.message_id));
         let mut connection = pool.acquire().await?;
         outbox::enqueue_all(&mut connection, &chunk).await?;
     }
-    Ok(())
+    Ok(ids)
 }
 
-/// The relay's transaction, without the publish: claim due rows, remove them. Returns them.
+/// What a dispatch does in the database once the broker confirmed its rows: delete them.
+pub(super) async fn remove_published(pool: &PgPool, ids: Vec<Uuid>) -> anyhow::Result<u64> {
+    let removed = outbox::remove_published(pool, &ids).await?;
+    anyhow::ensure!(
+        removed == ids.len(),
+        "published rows missing from the outbox"
+    );
+    Ok(removed as u64)
+}
+
+/// A relay's claim (the recovery path), without the publish: claim due rows, remove them.
+/// Returns them; takes the rows one step wrote to the next.
 pub(super) async fn relay_pass(pool: &PgPool, batch: usize) -> anyhow::Result<Vec<Envelope>> {
     let mut tx = pool.begin().await?;
     let claimed = outbox::claim_due(&mut tx, batch).await?;
@@ -194,7 +220,14 @@ pub(super) async fn consume<H: Handler>(
             span: tracing::Span::none(),
         })
         .collect();
-    let outcomes = apply_batch(pool, consumer.consumer, handler, &batch, None).await?;
+    let outcomes = apply_batch(
+        pool,
+        consumer.consumer,
+        handler,
+        &batch,
+        Some(&dispatcher()),
+    )
+    .await?;
     anyhow::ensure!(
         outcomes.iter().all(|outcome| *outcome == Outcome::Applied),
         "a message of the batch was a duplicate"

@@ -39,8 +39,8 @@ pub(super) fn table(args: &CeilingArgs, steps: &[Step]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "ceiling: batch {}, {} workers per consumer, user concurrency {}",
-        args.batch, args.workers, args.concurrency
+        "ceiling: batch {}, {} workers per consumer, user transactions {} at once of {} calls",
+        args.batch, args.workers, args.concurrency, args.user_batch
     );
     let _ = writeln!(
         out,
@@ -88,6 +88,7 @@ pub(super) fn to_json(args: &CeilingArgs, steps: &[Step]) -> serde_json::Value {
         "batch": args.batch,
         "workers": args.workers,
         "concurrency": args.concurrency,
+        "user_batch": args.user_batch,
         "steps": steps.iter().map(|step| json!({
             "name": step.name,
             "throughput_per_second": step.throughput,
