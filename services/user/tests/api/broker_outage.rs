@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use messaging::{Bus, BusSettings, OutboxRelay, outbox};
+use messaging::outbox;
 use prost::Message;
 use proto::user::v1::UserCreated;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -14,7 +14,7 @@ use test_support::{
     unused_port,
 };
 
-use crate::helpers::spawn_app_with_broker;
+use crate::helpers::{Relay, spawn_app_with_broker};
 
 /// How often Postgres has vacuumed the outbox (by hand or by the relay).
 async fn outbox_vacuums(db: &sqlx::PgPool) -> i64 {
@@ -107,34 +107,10 @@ async fn the_relay_vacuums_the_outbox_after_deleting_enough_rows() {
     let before = outbox_vacuums(&app.db).await;
 
     // Act: a relay with a broker, vacuuming after every five deleted rows.
-    let (tracker, stop) = (
-        tokio_util::task::TaskTracker::new(),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    let bus = Bus::start(
-        BusSettings {
-            addresses: messaging::BrokerAddresses::parse(&test_support::broker_url())
-                .expect("a valid URL"),
-            topology: app.topology().clone(),
-            app_id: "user-service".into(),
-            owned: Vec::new(),
-            heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
-            trusted_producers: Default::default(),
-        },
-        &tracker,
-        stop.clone(),
-    );
-    let relay = tokio::spawn(
-        OutboxRelay::new(app.db.clone(), bus)
-            .with_vacuum_after(5)
-            .run(stop.clone()),
-    );
+    let relay = Relay::start(&app, |relay| relay.with_vacuum_after(5));
 
     // Assert: the rows are published and deleted, and the outbox was vacuumed.
     eventually(|| async { app.outbox_rows().await == 0 }).await;
     eventually(|| async { outbox_vacuums(&app.db).await > before }).await;
-    stop.cancel();
-    relay.await.expect("the relay stops");
-    tracker.close();
-    tracker.wait().await;
+    relay.stop().await;
 }

@@ -3,57 +3,14 @@
 
 use std::time::Duration;
 
-use messaging::{
-    Bus, BusSettings, Dispatcher, Envelope, EventContext, OutboxRelay, TraceParent, outbox,
-};
+use messaging::{Dispatcher, Envelope, EventContext, TraceParent, outbox};
 use proto::user::v1::UserCreated;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use test_support::{
     assert_no_more_deliveries, broker_url_at, eventually, next_delivery, unused_port,
 };
 
-use crate::helpers::{TestApp, spawn_app_with_broker};
-
-/// A relay of the app's outbox on the shared broker, as another process would run it.
-struct Relay {
-    tracker: TaskTracker,
-    stop: CancellationToken,
-    dispatcher: Dispatcher,
-}
-
-impl Relay {
-    fn start(app: &TestApp, adjust: impl FnOnce(OutboxRelay) -> OutboxRelay) -> Self {
-        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
-        let bus = Bus::start(
-            BusSettings {
-                addresses: messaging::BrokerAddresses::parse(&test_support::broker_url())
-                    .expect("a valid URL"),
-                topology: app.topology().clone(),
-                app_id: "user-service".into(),
-                owned: Vec::new(),
-                heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
-                trusted_producers: Default::default(),
-            },
-            &tracker,
-            stop.clone(),
-        );
-        let relay = adjust(OutboxRelay::new(app.db.clone(), bus));
-        let dispatcher = relay.dispatcher();
-        tracker.spawn(relay.run(stop.clone()));
-        Self {
-            tracker,
-            stop,
-            dispatcher,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
-    }
-}
+use crate::helpers::{Relay, TestApp, spawn_app_with_broker};
 
 fn user_created() -> Envelope {
     Envelope::new(

@@ -3,13 +3,14 @@
 //! removes its database and bus namespace.
 
 use lapin::{Connection, Consumer};
-use messaging::Topology;
+use messaging::{Bus, BusSettings, Dispatcher, OutboxRelay, Topology};
 use proto::user::v1::{
     CreateUserRequest, CreateUserResponse, user_service_client::UserServiceClient,
 };
 use service_kit::Settings;
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use user_service::settings::Ingress;
@@ -180,5 +181,45 @@ impl TestApp {
     /// Stops the service as SIGTERM would, and waits for it.
     pub async fn stop(self) {
         self.service.stop().await;
+    }
+}
+
+/// A relay of the app's outbox on the shared broker, as another process would run it.
+pub struct Relay {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    pub dispatcher: Dispatcher,
+}
+
+impl Relay {
+    pub fn start(app: &TestApp, adjust: impl FnOnce(OutboxRelay) -> OutboxRelay) -> Self {
+        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let bus = Bus::start(
+            BusSettings {
+                addresses: messaging::BrokerAddresses::parse(&test_support::broker_url())
+                    .expect("a valid URL"),
+                topology: app.topology().clone(),
+                app_id: "user-service".into(),
+                owned: Vec::new(),
+                heartbeat: messaging::connection::DEFAULT_HEARTBEAT,
+                trusted_producers: Default::default(),
+            },
+            &tracker,
+            stop.clone(),
+        );
+        let relay = adjust(OutboxRelay::new(app.db.clone(), bus));
+        let dispatcher = relay.dispatcher();
+        tracker.spawn(relay.run(stop.clone()));
+        Self {
+            tracker,
+            stop,
+            dispatcher,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
     }
 }

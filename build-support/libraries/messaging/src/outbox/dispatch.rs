@@ -19,7 +19,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{RelayOutcome, insert, remove_published, reschedule};
+use super::{RelayOutcome, insert, remove_published, reschedule, sort_outcomes};
 use crate::{envelope::Envelope, publisher::Publisher};
 
 /// How long a dispatched row is kept from the relays: past it, a relay publishes the row (its
@@ -118,24 +118,9 @@ pub(super) async fn publish(
     rows: &[Envelope],
 ) -> Result<RelayOutcome, sqlx::Error> {
     let outcomes = publisher.publish_batch(rows).await;
-    let mut published = Vec::with_capacity(rows.len());
-    let mut failed = 0;
-    for (envelope, outcome) in rows.iter().zip(outcomes) {
-        metrics::counter!(
-            "events_published_total",
-            "service" => service.to_owned(),
-            "type" => envelope.event_type.clone(),
-            "outcome" => if outcome.is_ok() { "acked" } else { "failed" },
-        )
-        .increment(1);
-        match outcome {
-            Ok(()) => published.push(envelope.message_id),
-            Err(error) => {
-                failed += 1;
-                tracing::warn!(message_id = %envelope.message_id, %error, "publish failed; will retry");
-                reschedule(pool, envelope.message_id, &error.to_string()).await?;
-            }
-        }
+    let (published, failed) = sort_outcomes(service, rows, outcomes);
+    for (message_id, error) in &failed {
+        reschedule(pool, *message_id, error).await?;
     }
     let deleted = remove_published(pool, &published).await?;
     if let Some(twice) = published.len().checked_sub(deleted).filter(|n| *n > 0) {
@@ -150,7 +135,7 @@ pub(super) async fn publish(
     Ok(RelayOutcome {
         claimed: rows.len(),
         published: published.len(),
-        failed,
+        failed: failed.len(),
     })
 }
 

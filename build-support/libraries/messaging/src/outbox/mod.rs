@@ -27,7 +27,7 @@ pub use self::dispatch::{DISPATCH_LEASE, Dispatcher};
 use crate::{
     connection::{Bus, Connected},
     envelope::Envelope,
-    publisher::Publisher,
+    publisher::{PublishError, Publisher},
 };
 
 /// The NOTIFY channel that wakes the relays.
@@ -383,32 +383,21 @@ impl OutboxRelay {
         }
         let outcomes = publisher.publish_batch(&batch).await;
 
-        let mut published = Vec::with_capacity(batch.len());
-        let mut failed = 0;
-        for (envelope, outcome) in batch.iter().zip(outcomes) {
-            metrics::counter!(
-                "events_published_total",
-                "service" => self.bus.app_id().to_owned(),
-                "type" => envelope.event_type.clone(),
-                "outcome" => if outcome.is_ok() { "acked" } else { "failed" },
-            )
-            .increment(1);
-            match outcome {
-                Ok(()) => published.push(envelope.message_id),
-                Err(error) => {
-                    failed += 1;
-                    tracing::warn!(message_id = %envelope.message_id, %error, "publish failed; will retry");
-                    reschedule(&mut *tx, envelope.message_id, &error.to_string()).await?;
-                }
-            }
+        let (published, failed) = sort_outcomes(self.bus.app_id(), &batch, outcomes);
+        for (message_id, error) in &failed {
+            reschedule(&mut *tx, *message_id, error).await?;
         }
         remove(&mut tx, &published).await?;
         tx.commit().await?;
-        tracing::debug!(published = published.len(), failed, "outbox batch relayed");
+        tracing::debug!(
+            published = published.len(),
+            failed = failed.len(),
+            "outbox batch relayed"
+        );
         Ok(RelayOutcome {
             claimed: batch.len(),
             published: published.len(),
-            failed,
+            failed: failed.len(),
         })
     }
 
@@ -426,6 +415,33 @@ impl OutboxRelay {
             }
         }
     }
+}
+
+/// Counts and logs what the broker made of each row: the ids it acked, and the others with why.
+fn sort_outcomes(
+    service: &str,
+    rows: &[Envelope],
+    outcomes: Vec<Result<(), PublishError>>,
+) -> (Vec<Uuid>, Vec<(Uuid, String)>) {
+    let mut published = Vec::with_capacity(rows.len());
+    let mut failed = Vec::new();
+    for (envelope, outcome) in rows.iter().zip(outcomes) {
+        metrics::counter!(
+            "events_published_total",
+            "service" => service.to_owned(),
+            "type" => envelope.event_type.clone(),
+            "outcome" => if outcome.is_ok() { "acked" } else { "failed" },
+        )
+        .increment(1);
+        match outcome {
+            Ok(()) => published.push(envelope.message_id),
+            Err(error) => {
+                tracing::warn!(message_id = %envelope.message_id, %error, "publish failed; will retry");
+                failed.push((envelope.message_id, error.to_string()));
+            }
+        }
+    }
+    (published, failed)
 }
 
 /// Reclaims the dead tuples of deleted rows; a failure only costs speed. Without `truncate`, which
