@@ -234,7 +234,7 @@ impl ServiceRuntime {
         let Self {
             pool,
             bus: _,
-            dispatcher: _,
+            dispatcher,
             database_up: _,
             metrics_addr: _,
             consumer: _,
@@ -249,6 +249,9 @@ impl ServiceRuntime {
             bus_task,
             bus_stop,
         } = self;
+        // The relay publishes what is dispatched after the stop until its last dispatcher is
+        // gone: the consumers and the API hold theirs.
+        drop(dispatcher);
         let routes = add_services(routes).prepare();
 
         let server = tonic::transport::Server::builder()

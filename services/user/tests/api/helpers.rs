@@ -218,8 +218,15 @@ impl Relay {
     }
 
     pub async fn stop(self) {
-        self.stop.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        let Self {
+            tracker,
+            stop,
+            dispatcher,
+        } = self;
+        // The relay finishes once its last dispatcher is gone.
+        drop(dispatcher);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 }

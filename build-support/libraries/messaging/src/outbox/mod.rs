@@ -38,6 +38,8 @@ const PIPELINE: usize = 3;
 /// By default the relay vacuums the outbox itself after this many deletions, so a burst does not
 /// slow the next minutes (autovacuum may be slow, or off).
 const VACUUM_AFTER_ROWS: usize = 10_000;
+/// How long a stopped relay keeps publishing what the writers still commit.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest back-off between two attempts at one row.
 const MAX_BACKOFF_SECS: f64 = 30.0;
 
@@ -285,8 +287,8 @@ impl OutboxRelay {
         self
     }
 
-    /// Relays until `stop` is cancelled; the batches in flight, and what was dispatched before
-    /// the stop, are finished first. Publishes dispatched rows as they come; claims due rows
+    /// Relays until `stop` is cancelled; the batches in flight, and what is dispatched until
+    /// every dispatcher is dropped (for up to 5 s), are finished first. Publishes dispatched rows as they come; claims due rows
     /// on NOTIFY, on a (re)connection to the broker, and on the fallback poll.
     ///
     /// Passes are pipelined: while one waits for the broker's confirms, the next starts (up to
@@ -296,6 +298,9 @@ impl OutboxRelay {
         let mut listener = self.listen().await;
         let mut bus = self.bus.watch();
         let mut dispatched = std::mem::replace(&mut self.dispatched, mpsc::channel(1).1);
+        // Only the tasks that write rows hold dispatchers now: the channel closes when the last
+        // of them is done.
+        self.dispatcher = Dispatcher::channel(self.bus.app_id().to_owned()).0;
         let mut passes: FuturesUnordered<Pass<'_>> = FuturesUnordered::new();
         // Whether rows may be due that no pass has looked for yet.
         let mut due = true;
@@ -342,9 +347,26 @@ impl OutboxRelay {
                 _ = tokio::time::sleep(self.poll_interval) => due = true,
             }
         }
-        // What was committed before the stop goes out now rather than after its lease.
+        // No more claims. The writers finish what they hold after the stop (a consumer its
+        // batch, the API its calls): what they commit meanwhile goes out now rather than after
+        // its lease, until the last of them is done, or the grace is over.
+        let grace = tokio::time::sleep(STOP_GRACE);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                rows = dispatched.recv() => match rows {
+                    Some(first) => {
+                        let rows = dispatch::gather(first, &mut dispatched, self.batch_size);
+                        passes.push(self.dispatch_pass(&bus, rows));
+                    }
+                    None => break,
+                },
+                Some(_) = passes.next(), if !passes.is_empty() => {}
+                _ = &mut grace => break,
+            }
+        }
         dispatched.close();
-        while let Some(first) = dispatched.recv().await {
+        while let Ok(first) = dispatched.try_recv() {
             let rows = dispatch::gather(first, &mut dispatched, self.batch_size);
             passes.push(self.dispatch_pass(&bus, rows));
         }
