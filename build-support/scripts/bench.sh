@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The benchmark: builds in release mode, starts the three services on their own databases
-# (bench_users, bench_orders, bench_payments, dropped at the end), ports and bus namespace, then
-# runs, against the local PostgreSQL and RabbitMQ on this machine:
+# The benchmark: builds in release mode, starts the three services on databases, ports and a bus
+# namespace of their own (bench_<run>_users, bench_<run>_orders, bench_<run>_payments, free ports,
+# namespace bench-<run>, where <run> is random; all removed at the end), then runs, against the
+# local PostgreSQL and RabbitMQ on this machine:
 #   1. a warm-up (2000 flows, not reported);
 #   2. idle: one call at a time, 20 calls per second (flows barely overlap);
 #   3. peak: concurrency 64, as fast as it goes, for BENCH_SECONDS (default 30);
@@ -13,101 +14,222 @@
 # during the peak run. Exits 1 when a run loses or duplicates a flow.
 #
 #   build-support/scripts/bench.sh
+#   BENCH_BASELINE=7bd8805 build-support/scripts/bench.sh    # side by side with another commit
+#
+# Side by side: BENCH_BASELINE=<git rev> also checks that commit out in a git worktree of its own
+# (target/bench-baseline/<commit>/src, removed at the end), builds its services in release mode
+# into target/bench-baseline/<commit>/target (kept, so the next run with that commit builds
+# nothing), and starts them as a second stack on databases, ports and a namespace of their own
+# (bench_<run>_baseline_*, bench-<run>-baseline). After both warm-ups, BENCH_PAIRS (default 2)
+# pairs of runs alternate between the builds, this tree's first: its idle and peak runs, then
+# the baseline's, so that machine drift hits both; one stack is under load at a time while the
+# other waits idle. Both are driven by this tree's loadgen, so the comparison measures the
+# services only. The baseline is then stopped, and steps 4-6 measure this tree alone. The table
+# gains the baseline's figures beside this tree's (the median over the pairs) and their ratio,
+# each pair's ratio in parentheses.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 seconds=${BENCH_SECONDS:-30}
 gateway_latency=${BENCH_GATEWAY_LATENCY:-100ms}
 postgres=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
-export BUS_NAMESPACE=bench RUST_LOG=${RUST_LOG:-warn}
+baseline_rev=${BENCH_BASELINE:-}
+pairs=1
+if [[ -n $baseline_rev ]]; then
+  pairs=${BENCH_PAIRS:-2}
+  [[ $pairs =~ ^[1-9][0-9]*$ ]] || { echo "BENCH_PAIRS must be a positive number, not $pairs" >&2; exit 2; }
+fi
+export RUST_LOG=${RUST_LOG:-warn}
 log() { printf '[bench] %s\n' "$*" >&2; }
 
-build-support/scripts/ensure-services.sh
-cargo build --release --locked -p user-service -p order-service -p payment-service -p loadgen
-bin=target/release
+run=$(printf '%04x%04x' "$RANDOM" "$RANDOM")
+services=(user-service order-service payment-service)
+declare -A table=([user-service]=users [order-service]=orders [payment-service]=payments)
+stacks=(current)
+declare -A bin=([current]=target/release) prefix=([current]="bench_$run") namespace=([current]="bench-$run")
+if [[ -n $baseline_rev ]]; then
+  stacks+=(baseline)
+  prefix[baseline]="bench_${run}_baseline"
+  namespace[baseline]="bench-$run-baseline"
+fi
+tools=target/release # loadgen and eventsctl: this tree's, whichever stack they face
 out=$(mktemp -d)
+declare -A pids=() ports=()
+worktree=
 
-declare -A pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  for db in bench_users bench_orders bench_payments; do
-    psql -q "$postgres/postgres" -c "drop database if exists $db with (force)" 2>/dev/null || true
+database() { echo "${prefix[$1]}_${table[$2]}"; }
+stop_service() {
+  local key=$1/$2
+  [[ -n ${pids[$key]:-} ]] || return 0
+  kill -TERM "${pids[$key]}" 2>/dev/null || true
+  wait "${pids[$key]}" 2>/dev/null || true
+  unset "pids[$key]"
+}
+stop_stack() {
+  local service
+  for service in "${services[@]}"; do
+    if [[ -n ${pids[$1/$service]:-} ]]; then kill -TERM "${pids[$1/$service]}" 2>/dev/null || true; fi
+  done
+  for service in "${services[@]}"; do stop_service "$1" "$service"; done
+}
+# Removes everything a stack left: its processes, its namespace's queues and exchanges (the
+# services must be stopped first), its databases.
+declare -A removed=()
+remove_stack() {
+  [[ -z ${removed[$1]:-} ]] || return 0
+  removed[$1]=1
+  stop_stack "$1"
+  if [[ -x $tools/eventsctl ]]; then
+    BUS_NAMESPACE=${namespace[$1]} "$tools/eventsctl" topology delete --yes --purge >/dev/null 2>&1 ||
+      log "could not delete the queues of namespace ${namespace[$1]}"
+  fi
+  local service
+  for service in "${services[@]}"; do
+    psql -q "$postgres/postgres" -c "drop database if exists $(database "$1" "$service") with (force)" \
+      2>/dev/null || true
   done
 }
-trap cleanup EXIT
-
-for db in bench_users bench_orders bench_payments; do
-  psql -q "$postgres/postgres" -c "drop database if exists $db with (force)"
-done
-start() {
-  local name=$1 db=$2 port=$3 metrics=$4
-  shift 4
-  env "$@" DATABASE_URL="$postgres/$db" GRPC_ADDR="127.0.0.1:$port" METRICS_ADDR="127.0.0.1:$metrics" \
-    "$bin/$name" >>"$out/$name.log" 2>&1 &
-  pids[$name]=$!
-}
-serving() {
-  "$bin/$1" --grpc-addr "127.0.0.1:$2" healthcheck >/dev/null 2>&1
-}
-start user-service bench_users 50071 9171
-start order-service bench_orders 50072 9172
-start payment-service bench_payments 50073 9173
-
-for _ in $(seq 1 120); do
-  if serving user-service 50071 && serving order-service 50072 && serving payment-service 50073; then
-    break
+cleanup() {
+  set +e
+  local stack
+  for stack in "${stacks[@]}"; do remove_stack "$stack"; done
+  if [[ -n $worktree ]]; then
+    git worktree remove --force "$worktree" 2>/dev/null || rm -rf "$worktree"
+    git worktree prune
   fi
-  sleep 1
-done
-"$bin/user-service" --grpc-addr 127.0.0.1:50071 healthcheck >/dev/null
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
+build-support/scripts/ensure-services.sh
+cargo build --release --locked -p user-service -p order-service -p payment-service -p loadgen -p eventsctl
+
+if [[ -n $baseline_rev ]]; then
+  commit=$(git rev-parse --verify --quiet "$baseline_rev^{commit}") ||
+    { echo "BENCH_BASELINE=$baseline_rev names no commit" >&2; exit 2; }
+  baseline_dir=$PWD/target/bench-baseline/${commit:0:12}
+  worktree=$baseline_dir/src
+  # What an interrupted run may have left.
+  git worktree remove --force "$worktree" 2>/dev/null || rm -rf "$worktree"
+  git worktree prune
+  log "baseline: $baseline_rev ($(git log -1 --format='%h %s' "$commit" | cut -c1-80))"
+  git worktree add --quiet --detach "$worktree" "$commit"
+  # Cargo rebuilds a file newer than its last build; the commit's files are the same every run,
+  # so they get the commit's time, and a second run finds the kept build fresh.
+  (cd "$worktree" && find . -exec touch -h -d "@$(git log -1 --format=%ct HEAD)" {} +)
+  if ! git diff --quiet "$commit" -- proto; then
+    log "warning: proto/ differs between the baseline and this tree: this tree's loadgen drives both"
+  fi
+  (cd "$worktree" && CARGO_TARGET_DIR=$baseline_dir/target \
+    cargo build --release --locked -p user-service -p order-service -p payment-service)
+  bin[baseline]=$baseline_dir/target/release
+fi
+
+start() {
+  local stack=$1 service=$2
+  shift 2
+  env "$@" BUS_NAMESPACE="${namespace[$stack]}" DATABASE_URL="$postgres/$(database "$stack" "$service")" \
+    GRPC_ADDR="127.0.0.1:${ports[$stack/$service]}" METRICS_ADDR="127.0.0.1:${ports[$stack/$service/metrics]}" \
+    "${bin[$stack]}/$service" >>"$out/$stack-$service.log" 2>&1 &
+  pids[$stack/$service]=$!
+}
+wait_serving() {
+  local stack=$1 service=$2
+  for _ in $(seq 1 120); do
+    if ! kill -0 "${pids[$stack/$service]}" 2>/dev/null; then
+      log "$stack $service exited; the end of its log:"
+      tail -n 20 "$out/$stack-$service.log" >&2
+      return 1
+    fi
+    "${bin[$stack]}/$service" --grpc-addr "127.0.0.1:${ports[$stack/$service]}" healthcheck >/dev/null 2>&1 &&
+      return 0
+    sleep 1
+  done
+  "${bin[$stack]}/$service" --grpc-addr "127.0.0.1:${ports[$stack/$service]}" healthcheck >/dev/null
+}
 load() {
-  if ! "$bin/loadgen" --user-addr http://127.0.0.1:50071 --json "$@" 2>"$out/loadgen.err"; then
+  local stack=$1
+  shift
+  if ! BUS_NAMESPACE=${namespace[$stack]} "$tools/loadgen" \
+    --user-addr "http://127.0.0.1:${ports[$stack/user-service]}" --json "$@" 2>"$out/loadgen.err"; then
     tr '\r' '\n' <"$out/loadgen.err" | tail -n 5 >&2
     return 1
   fi
 }
 snapshot() {
   python3 build-support/scripts/bench_report.py snapshot \
-    "user-service=${pids[user-service]}" "order-service=${pids[order-service]}" \
-    "payment-service=${pids[payment-service]}"
+    "user-service=${pids[$1/user-service]}" "order-service=${pids[$1/order-service]}" \
+    "payment-service=${pids[$1/payment-service]}"
 }
-
-log "warm-up: 2000 flows"
-load --concurrency 16 --users 2000 >/dev/null
-log "idle: 200 flows, one call at a time, 20 calls/s"
-load --concurrency 1 --rate 20 --users 200 >"$out/idle.json"
-log "peak: concurrency 64 for ${seconds}s"
-snapshot >"$out/cpu-before.json"
-load --concurrency 64 --duration "$seconds" >"$out/peak.json"
-snapshot >"$out/cpu-after.json"
-rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["completed_per_second"] / 2))' "$out/peak.json")
-log "steady: ${rate} calls/s (half the peak) for ${seconds}s"
-load --concurrency 64 --rate "$rate" --duration "$seconds" >"$out/steady.json"
-
-{
+peak_rss() {
+  local sep='' service
   printf '{'
-  sep=
-  for name in user-service order-service payment-service; do
-    printf '%s"%s": %s' "$sep" "$name" "$(awk '/VmHWM/ {print $2}' "/proc/${pids[$name]}/status")"
+  for service in "${services[@]}"; do
+    printf '%s"%s": %s' "$sep" "$service" "$(awk '/VmHWM/ {print $2}' "/proc/${pids[$1/$service]}/status")"
     sep=', '
   done
   printf '}\n'
-} >"$out/rss.json"
+}
+
+# Every port at once, before any service binds one.
+read -r -a free <<<"$(python3 build-support/scripts/bench_report.py ports $((6 * ${#stacks[@]})))"
+for stack in "${stacks[@]}"; do
+  for i in 0 1 2; do
+    ports[$stack/${services[$i]}]=${free[$i]}
+    ports[$stack/${services[$i]}/metrics]=${free[$((i + 3))]}
+  done
+  log "$stack stack: gRPC on ports ${free[*]:0:3}, metrics on ${free[*]:3:3}, namespace ${namespace[$stack]}"
+  free=("${free[@]:6}")
+  for service in "${services[@]}"; do start "$stack" "$service"; done
+done
+for stack in "${stacks[@]}"; do
+  for service in "${services[@]}"; do wait_serving "$stack" "$service"; done
+done
+
+# Without a baseline the log reads as it always did.
+for stack in "${stacks[@]}"; do
+  label=${baseline_rev:+$stack, }
+  log "${label}warm-up: 2000 flows"
+  load "$stack" --concurrency 16 --users 2000 >/dev/null
+done
+for pair in $(seq 1 "$pairs"); do
+  for stack in "${stacks[@]}"; do
+    label=${baseline_rev:+pair $pair/$pairs, $stack, }
+    log "${label}idle: 200 flows, one call at a time, 20 calls/s"
+    load "$stack" --concurrency 1 --rate 20 --users 200 >"$out/idle-$stack-$pair.json"
+    log "${label}peak: concurrency 64 for ${seconds}s"
+    snapshot "$stack" >"$out/cpu-before-$stack.json"
+    load "$stack" --concurrency 64 --duration "$seconds" >"$out/peak-$stack-$pair.json"
+    snapshot "$stack" >"$out/cpu-after-$stack.json"
+  done
+done
+if [[ -n $baseline_rev ]]; then
+  peak_rss baseline >"$out/rss-baseline.json"
+  remove_stack baseline
+  python3 -c 'import json,sys; print(json.dumps({"baseline": sys.argv[1], "commit": sys.argv[2], "pairs": int(sys.argv[3])}))' \
+    "$baseline_rev" "$commit" "$pairs" >"$out/baseline.json"
+fi
+
+rate=$(python3 -c '
+import json, statistics, sys
+peaks = [json.load(open(path))["completed_per_second"] for path in sys.argv[1:]]
+print(max(1, round(statistics.median(peaks) / 2)))' "$out"/peak-current-*.json)
+log "steady: ${rate} calls/s (half the peak) for ${seconds}s"
+load current --concurrency 64 --rate "$rate" --duration "$seconds" >"$out/steady.json"
+peak_rss current >"$out/rss.json"
 
 log "slow gateway: payment-service with GATEWAY_LATENCY=$gateway_latency, peak for ${seconds}s"
-kill -TERM "${pids[payment-service]}"
-wait "${pids[payment-service]}" || true
-start payment-service bench_payments 50073 9173 GATEWAY_LATENCY="$gateway_latency"
-for _ in $(seq 1 120); do serving payment-service 50073 && break; sleep 1; done
-load --concurrency 16 --users 500 >/dev/null
-load --concurrency 64 --duration "$seconds" >"$out/slow.json"
+stop_service current payment-service
+start current payment-service GATEWAY_LATENCY="$gateway_latency"
+wait_serving current payment-service
+load current --concurrency 16 --users 500 >/dev/null
+load current --concurrency 64 --duration "$seconds" >"$out/slow.json"
 python3 -c 'import json,sys; print(json.dumps({"latency": sys.argv[1], "rss_kib": int(sys.argv[2])}))' \
-  "$gateway_latency" "$(awk '/VmHWM/ {print $2}' "/proc/${pids[payment-service]}/status")" >"$out/slow-gateway.json"
+  "$gateway_latency" "$(awk '/VmHWM/ {print $2}' "/proc/${pids[current/payment-service]}/status")" >"$out/slow-gateway.json"
 
 log "ceiling"
-"$bin/loadgen" ceiling --postgres-url "$postgres/postgres" --json >"$out/ceiling.json"
+"$tools/loadgen" ceiling --postgres-url "$postgres/postgres" --json >"$out/ceiling.json"
 
 echo
 echo "benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), release build, RUST_LOG=$RUST_LOG"

@@ -1,10 +1,12 @@
 //! `loadgen`: drives `CreateUser` at a given concurrency against a running stack, watches
 //! `payment_processed` on a private queue, and reports accepted calls and completed flows per
-//! second, RPC and end-to-end latency percentiles, and whether every accepted user got exactly
-//! one `payment_processed`. Exits 1 when the consistency check fails. `loadgen ceiling`
-//! measures what the same durable work costs on this machine without the services.
+//! second, calls the service rejected as saturated (`RESOURCE_EXHAUSTED`) or that failed, RPC
+//! and end-to-end latency percentiles, and whether every accepted user got exactly one
+//! `payment_processed`. Exits 1 when the consistency check fails. `loadgen ceiling` measures
+//! what the same durable work costs on this machine without the services.
 
 mod ceiling;
+mod refusal;
 mod report;
 
 use std::{
@@ -28,7 +30,7 @@ use proto::{
     user::v1::{CreateUserRequest, Plan, user_service_client::UserServiceClient},
 };
 
-use crate::report::Report;
+use crate::{refusal::Refusal, report::Report};
 
 /// Load a running stack and measure it.
 #[derive(Debug, Parser)]
@@ -115,7 +117,12 @@ struct Observations {
     /// user_id → when each of its payment_processed arrived.
     completed: HashMap<String, Vec<Instant>>,
     rpc_latencies: Vec<Duration>,
+    /// Calls answered `RESOURCE_EXHAUSTED`: the service was saturated and created no user.
     rejected: u64,
+    /// Calls that ended with any other error.
+    failed: u64,
+    /// The first of those errors, to say what went wrong.
+    first_failure: Option<String>,
 }
 
 #[tokio::main]
@@ -212,15 +219,36 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
                         request_id: uuid::Uuid::new_v4().to_string(),
                     })
                     .await;
-                let mut observations = observations.lock().unwrap_or_else(|e| e.into_inner());
-                match outcome {
-                    Ok(response) => {
-                        observations.rpc_latencies.push(sent.elapsed());
-                        if let Some(user) = response.into_inner().user {
-                            observations.sent.insert(user.user_id, sent);
+                let retry_after = {
+                    let mut observations = observations.lock().unwrap_or_else(|e| e.into_inner());
+                    match outcome {
+                        Ok(response) => {
+                            observations.rpc_latencies.push(sent.elapsed());
+                            if let Some(user) = response.into_inner().user {
+                                observations.sent.insert(user.user_id, sent);
+                            }
+                            None
                         }
+                        Err(status) => match Refusal::of(&status) {
+                            Refusal::Rejected { retry_after } => {
+                                observations.rejected += 1;
+                                retry_after
+                            }
+                            Refusal::Failed { code, message } => {
+                                observations.failed += 1;
+                                observations
+                                    .first_failure
+                                    .get_or_insert_with(|| format!("{code:?}: {message}"));
+                                None
+                            }
+                        },
                     }
-                    Err(_) => observations.rejected += 1,
+                };
+                // A saturated service said when to call again: this caller waits that long
+                // (never past the run's end), as a well-behaved client would.
+                if let Some(delay) = retry_after {
+                    let until = Instant::now() + delay;
+                    tokio::time::sleep_until(deadline.map_or(until, |d| until.min(d)).into()).await;
                 }
             }
         }
@@ -253,15 +281,7 @@ async fn load(cli: RunArgs) -> anyhow::Result<()> {
     let _ = amqp.close(200, "done".into()).await;
 
     let observations = observations.lock().unwrap_or_else(|e| e.into_inner());
-    let mut report = Report::new(
-        &observations.sent,
-        &observations.completed,
-        &observations.rpc_latencies,
-        observations.rejected,
-        started,
-        created_in,
-        cli.concurrency,
-    );
+    let mut report = Report::new(&observations, started, created_in, cli.concurrency);
     report.rate = cli.rate;
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report.to_json())?);

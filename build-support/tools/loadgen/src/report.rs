@@ -1,7 +1,6 @@
 //! The numbers a run reports, and the progress line while it runs.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -46,7 +45,11 @@ pub(crate) struct Report {
     /// Calls started per second, when the run had a fixed rate.
     pub(crate) rate: Option<f64>,
     pub(crate) accepted: usize,
+    /// Calls the service rejected as saturated (`RESOURCE_EXHAUSTED`); they created no user.
     pub(crate) rejected: u64,
+    /// Calls that ended with another error.
+    pub(crate) failed: u64,
+    pub(crate) first_failure: Option<String>,
     pub(crate) completed: usize,
     pub(crate) missing: usize,
     pub(crate) duplicated: usize,
@@ -57,15 +60,15 @@ pub(crate) struct Report {
 }
 
 impl Report {
+    /// The report of what a run observed. Only accepted calls count in the consistency
+    /// check: a rejected or failed call created no user, so no flow is owed for it.
     pub(crate) fn new(
-        sent: &HashMap<String, Instant>,
-        completed: &HashMap<String, Vec<Instant>>,
-        rpc_latencies: &[Duration],
-        rejected: u64,
+        observations: &Observations,
         started: Instant,
         created_in: Duration,
         concurrency: usize,
     ) -> Self {
+        let (sent, completed) = (&observations.sent, &observations.completed);
         let mut end_to_end = Vec::new();
         let (mut missing, mut duplicated, mut last) = (0, 0, started);
         for (user, sent_at) in sent {
@@ -86,13 +89,15 @@ impl Report {
             concurrency,
             rate: None,
             accepted: sent.len(),
-            rejected,
+            rejected: observations.rejected,
+            failed: observations.failed,
+            first_failure: observations.first_failure.clone(),
             completed: completed_count,
             missing,
             duplicated,
             accepted_per_second: sent.len() as f64 / created_in.as_secs_f64().max(f64::EPSILON),
             completed_per_second: completed_count as f64 / flows_window.max(f64::EPSILON),
-            rpc: Percentiles::of(rpc_latencies.to_vec()),
+            rpc: Percentiles::of(observations.rpc_latencies.clone()),
             end_to_end: Percentiles::of(end_to_end),
         }
     }
@@ -100,6 +105,19 @@ impl Report {
     /// Every accepted user got exactly one payment_processed.
     pub(crate) fn consistent(&self) -> bool {
         self.missing == 0 && self.duplicated == 0
+    }
+
+    /// Every call made: accepted, rejected or failed.
+    pub(crate) fn calls(&self) -> u64 {
+        self.accepted as u64 + self.rejected + self.failed
+    }
+
+    /// The share of calls the service rejected as saturated, 0 to 1.
+    pub(crate) fn rejected_share(&self) -> f64 {
+        match self.calls() {
+            0 => 0.0,
+            calls => self.rejected as f64 / calls as f64,
+        }
     }
 
     pub(crate) fn table(&self) -> String {
@@ -111,7 +129,9 @@ impl Report {
         };
         format!(
             "concurrency            {}{}\n\
-             accepted calls         {} ({} rejected), {:.1}/s\n\
+             accepted calls         {}, {:.1}/s\n\
+             rejected calls         {} ({:.1}% of {} calls: RESOURCE_EXHAUSTED, no user created)\n\
+             failed calls           {}{}\n\
              completed flows        {}, {:.1}/s\n\
              consistency            {} missing, {} duplicated: {}\n\
              latency (ms)                 p50       p90       p99       max\n\
@@ -121,8 +141,15 @@ impl Report {
                 .map(|rate| format!(", calls started at {rate}/s"))
                 .unwrap_or_default(),
             self.accepted,
-            self.rejected,
             self.accepted_per_second,
+            self.rejected,
+            100.0 * self.rejected_share(),
+            self.calls(),
+            self.failed,
+            self.first_failure
+                .as_ref()
+                .map(|failure| format!(" (first: {failure})"))
+                .unwrap_or_default(),
             self.completed,
             self.completed_per_second,
             self.missing,
@@ -139,7 +166,11 @@ impl Report {
             "concurrency": self.concurrency,
             "rate": self.rate,
             "accepted": self.accepted,
+            "calls": self.calls(),
             "rejected": self.rejected,
+            "rejected_share": self.rejected_share(),
+            "failed": self.failed,
+            "first_failure": self.first_failure,
             "completed": self.completed,
             "missing": self.missing,
             "duplicated": self.duplicated,
@@ -157,12 +188,12 @@ pub(crate) async fn progress(observations: Arc<Mutex<Observations>>, started: In
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
-        let (accepted, completed) = {
+        let (accepted, rejected, completed) = {
             let o = observations.lock().unwrap_or_else(|e| e.into_inner());
-            (o.sent.len(), o.completed.len())
+            (o.sent.len(), o.rejected, o.completed.len())
         };
         eprint!(
-            "\r{:>6.1}s  accepted {accepted:>7}  completed {completed:>7}",
+            "\r{:>6.1}s  accepted {accepted:>7}  rejected {rejected:>7}  completed {completed:>7}",
             started.elapsed().as_secs_f64()
         );
     }
@@ -170,6 +201,8 @@ pub(crate) async fn progress(observations: Arc<Mutex<Observations>>, started: In
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     #[test]
@@ -184,20 +217,75 @@ mod tests {
     fn missing_and_duplicated_flows_are_inconsistent() {
         let start = Instant::now();
         let later = start + Duration::from_millis(10);
-        let sent = HashMap::from([
-            ("a".to_owned(), start),
-            ("b".to_owned(), start),
-            ("c".to_owned(), start),
-        ]);
-        let completed = HashMap::from([
-            ("a".to_owned(), vec![later]),
-            ("b".to_owned(), vec![later, later]),
-        ]);
-        let report = Report::new(&sent, &completed, &[], 0, start, Duration::from_secs(1), 1);
+        let observations = Observations {
+            sent: HashMap::from([
+                ("a".to_owned(), start),
+                ("b".to_owned(), start),
+                ("c".to_owned(), start),
+            ]),
+            completed: HashMap::from([
+                ("a".to_owned(), vec![later]),
+                ("b".to_owned(), vec![later, later]),
+            ]),
+            ..Observations::default()
+        };
+
+        let report = Report::new(&observations, start, Duration::from_secs(1), 1);
+
         assert_eq!(
             (report.completed, report.missing, report.duplicated),
             (2, 1, 1)
         );
         assert!(!report.consistent());
+    }
+
+    #[test]
+    fn rejected_calls_are_counted_apart_and_owe_no_flow() {
+        let start = Instant::now();
+        let later = start + Duration::from_millis(10);
+        let observations = Observations {
+            sent: HashMap::from([("a".to_owned(), start), ("b".to_owned(), start)]),
+            completed: HashMap::from([
+                ("a".to_owned(), vec![later]),
+                ("b".to_owned(), vec![later]),
+            ]),
+            rpc_latencies: vec![Duration::from_millis(2); 2],
+            rejected: 6,
+            failed: 2,
+            first_failure: Some("Unavailable: connection refused".to_owned()),
+        };
+
+        let report = Report::new(&observations, start, Duration::from_secs(1), 64);
+
+        assert!(report.consistent(), "{report:?}");
+        assert_eq!((report.calls(), report.rejected, report.failed), (10, 6, 2));
+        assert_eq!(report.rejected_share(), 0.6);
+        let json = report.to_json();
+        assert_eq!(json["rejected"], 6);
+        assert_eq!(json["rejected_share"], 0.6);
+        assert_eq!(json["failed"], 2);
+        assert_eq!(json["first_failure"], "Unavailable: connection refused");
+        let table = report.table();
+        assert!(
+            table.contains("rejected calls         6 (60.0% of 10 calls"),
+            "{table}"
+        );
+        assert!(
+            table.contains("failed calls           2 (first: Unavailable: connection refused)"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn a_run_without_calls_has_no_rejected_share() {
+        let report = Report::new(
+            &Observations::default(),
+            Instant::now(),
+            Duration::from_secs(1),
+            1,
+        );
+
+        assert_eq!((report.calls(), report.rejected_share()), (0, 0.0));
+        assert!(report.consistent());
     }
 }
