@@ -7,9 +7,12 @@
 #   2. idle: one call at a time, 20 calls per second (flows barely overlap);
 #   3. peak: concurrency 64, as fast as it goes, for BENCH_SECONDS (default 30);
 #   4. steady: a fixed rate of half the peak's completed flows per second, for BENCH_SECONDS;
-#   5. slow gateway: the payment service restarted with GATEWAY_LATENCY=BENCH_GATEWAY_LATENCY
+#   5. back-pressure: the user service restarted with CREATE_USER_MAX_BACKLOG=BENCH_BACKLOG
+#      (default 64 flows waiting in the chain), and the peak again: the e2e latency of the
+#      accepted calls and the share refused with RESOURCE_EXHAUSTED;
+#   6. slow gateway: the payment service restarted with GATEWAY_LATENCY=BENCH_GATEWAY_LATENCY
 #      (default 100ms, a real provider's answer time), and the peak again;
-#   6. `loadgen ceiling`: the same durable work without the services;
+#   7. `loadgen ceiling`: the same durable work without the services;
 # and prints one table against the targets, with each service's peak RSS and where the CPU went
 # during the peak run. Exits 1 when a run loses or duplicates a flow.
 #
@@ -24,7 +27,7 @@
 # pairs of runs alternate between the builds, this tree's first: its idle and peak runs, then
 # the baseline's, so that machine drift hits both; one stack is under load at a time while the
 # other waits idle. Both are driven by this tree's loadgen, so the comparison measures the
-# services only. The baseline is then stopped, and steps 4-6 measure this tree alone. The table
+# services only. The baseline is then stopped, and steps 4-7 measure this tree alone. The table
 # gains the baseline's figures beside this tree's (the median over the pairs) and their ratio,
 # each pair's ratio in parentheses.
 set -euo pipefail
@@ -32,6 +35,7 @@ cd "$(dirname "$0")/../.."
 
 seconds=${BENCH_SECONDS:-30}
 gateway_latency=${BENCH_GATEWAY_LATENCY:-100ms}
+backlog=${BENCH_BACKLOG:-64}
 postgres=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 baseline_rev=${BENCH_BASELINE:-}
 pairs=1
@@ -218,6 +222,16 @@ print(max(1, round(statistics.median(peaks) / 2)))' "$out"/peak-current-*.json)
 log "steady: ${rate} calls/s (half the peak) for ${seconds}s"
 load current --concurrency 64 --rate "$rate" --duration "$seconds" >"$out/steady.json"
 peak_rss current >"$out/rss.json"
+
+log "back-pressure: user-service with CREATE_USER_MAX_BACKLOG=$backlog, concurrency 64 for ${seconds}s"
+stop_service current user-service
+start current user-service CREATE_USER_MAX_BACKLOG="$backlog"
+wait_serving current user-service
+load current --concurrency 64 --duration "$seconds" >"$out/backpressure.json"
+python3 -c 'import json,sys; print(json.dumps({"backlog": int(sys.argv[1])}))' "$backlog" >"$out/backpressure-limit.json"
+stop_service current user-service
+start current user-service
+wait_serving current user-service
 
 log "slow gateway: payment-service with GATEWAY_LATENCY=$gateway_latency, peak for ${seconds}s"
 stop_service current payment-service

@@ -219,6 +219,20 @@ def table(directory):
         meets(peak_p99 <= 10 * idle_p50_ms),
         **side("peak", e2e_p99, None, peak_tail),
     )
+    pushed = load(path("backpressure.json"))
+    limit = load(path("backpressure-limit.json"))["backlog"]
+    pushed_p99 = pushed["end_to_end_latency"]["p99_ms"]
+    row(
+        f"e2e p99 at C={pushed['concurrency']}, backlog limit {limit}",
+        tail(pushed_p99, pushed["end_to_end_latency"]["p50_ms"]),
+        f"<= 10 x idle p50 = {10 * idle_p50_ms:.0f} ms",
+        meets(pushed_p99 <= 10 * idle_p50_ms),
+    )
+    refused = pushed["rejected"] / pushed["calls"] if pushed["calls"] else 0.0
+    row(
+        "  completed flows/s; calls refused",
+        f"{pushed['completed_per_second']:.0f} flows/s; {100 * refused:.1f}% of {pushed['calls']} calls",
+    )
     latency = steady["end_to_end_latency"]
     row(
         f"e2e p99 at {steady['rate']:.0f} calls/s (half the peak)",
@@ -239,7 +253,9 @@ def table(directory):
             base=mebibytes(theirs) if theirs else "",
             ratios=f"{kib / theirs:.3f} x" if theirs else "",
         )
-    consistent = all(run["consistent"] for run in current.idle + current.peak + [steady, slow])
+    consistent = all(
+        run["consistent"] for run in current.idle + current.peak + [steady, pushed, slow]
+    )
     base_consistent = baseline is None or all(run["consistent"] for run in baseline.idle + baseline.peak)
     row(
         "consistency (every run)",
