@@ -80,8 +80,10 @@ pub(super) async fn broker_steps(
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut consumers = Vec::new();
+    let mut consumer_channels = Vec::new();
     for worker in 0..args.workers.max(1) {
         let channel = amqp.create_channel().await?;
+        consumer_channels.push(channel.clone());
         channel.basic_qos(64, BasicQosOptions::default()).await?;
         let mut deliveries = channel
             .basic_consume(
@@ -162,8 +164,14 @@ pub(super) async fn broker_steps(
     for consumer in consumers {
         consumer.await?;
     }
+    // Closed, so the broker neither keeps delivering to them nor holds their unacked messages
+    // back from the one-at-a-time samples.
+    for channel in consumer_channels {
+        channel.close(200, "done".into()).await?;
+    }
 
-    // One at a time: publish, then wait for the delivery.
+    // One at a time: publish, then wait for that message's delivery (each sample its own
+    // message id, so a message left over from the throughput step is never taken for it).
     let channel = amqp.create_channel().await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -182,6 +190,8 @@ pub(super) async fn broker_steps(
     let mut times = Vec::with_capacity(args.samples.max(1));
     for i in 0..args.samples.max(1) {
         let (payload, properties) = &messages[i % messages.len()];
+        let id = Uuid::new_v4().to_string();
+        let properties = properties.clone().with_message_id(id.as_str().into());
         let sent = Instant::now();
         let confirm = channel
             .basic_publish(
@@ -189,12 +199,24 @@ pub(super) async fn broker_steps(
                 queue.into(),
                 BasicPublishOptions::default(),
                 payload,
-                properties.clone(),
+                properties,
             )
             .await?;
-        let delivery = deliveries.next().await.context("the consumer stopped")??;
-        times.push(sent.elapsed());
-        delivery.ack(BasicAckOptions::default()).await?;
+        loop {
+            let delivery = deliveries.next().await.context("the consumer stopped")??;
+            let ours = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .is_some_and(|message_id| message_id.as_str() == id);
+            if ours {
+                times.push(sent.elapsed());
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+            if ours {
+                break;
+            }
+        }
         confirm.await?;
     }
     times.sort_unstable();
