@@ -1,4 +1,7 @@
-//! The inbox: exactly-once effect over at-least-once delivery.
+//! The inbox: exactly-once effect over at-least-once delivery. Its rows are kept as long as a
+//! redelivery can need them, then deleted ([`retention`]).
+
+pub mod retention;
 
 use std::collections::HashSet;
 

@@ -12,7 +12,7 @@
 //! - [`trust`]: who may produce which event (AMQP `user_id`, `TRUSTED_PRODUCERS`).
 //! - [`outbox`]: the transactional outbox and the relay that drains it.
 //! - [`consumer`] and [`inbox`]: decode, apply in one transaction with the inbox row, ack after
-//!   commit, dead-letter what cannot be decoded.
+//!   commit, dead-letter what cannot be decoded; inbox rows deleted after their retention.
 
 pub mod addresses;
 pub mod connection;
@@ -34,6 +34,7 @@ pub use addresses::BrokerAddresses;
 pub use connection::{Bus, BusSettings, Connected};
 pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};
+pub use inbox::retention::InboxRetention;
 pub use outbox::{Dispatcher, OutboxRelay};
 pub use publisher::{PublishError, Publisher};
 pub use queues::QueueType;

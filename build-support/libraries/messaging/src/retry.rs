@@ -86,7 +86,7 @@ pub struct RetryPolicy {
 pub const DEFAULT_RETRY_DELAYS: &str = "1s,5s,30s,2m";
 
 impl RetryPolicy {
-    /// Parses `1s,5s,30s,2m` (units ms, s, m, h).
+    /// Parses `1s,5s,30s,2m` (units ms, s, m, h, d).
     pub fn parse(raw: &str) -> Result<Self, InvalidRetryDelays> {
         let invalid = || InvalidRetryDelays(raw.to_owned());
         let delays = raw
@@ -102,6 +102,12 @@ impl RetryPolicy {
     /// The delays, in order.
     pub fn delays(&self) -> &[Duration] {
         &self.delays
+    }
+
+    /// How long the whole chain of retries waits: the longest a message can be retried after
+    /// its first failure.
+    pub fn total(&self) -> Duration {
+        self.delays.iter().sum()
     }
 
     /// The delay before retry number `attempt` (1-based), or `None` past the last.
@@ -135,7 +141,7 @@ impl Default for RetryPolicy {
     }
 }
 
-/// Parses `500ms`, `5s`, `2m` or `1h`.
+/// Parses `500ms`, `5s`, `2m`, `1h` or `30d`.
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let split = raw.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = raw.split_at(split);
@@ -145,6 +151,7 @@ pub fn parse_duration(raw: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(number)),
         "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
         "h" => Some(Duration::from_secs(number.checked_mul(3600)?)),
+        "d" => Some(Duration::from_secs(number.checked_mul(86_400)?)),
         _ => None,
     }
 }
@@ -278,6 +285,16 @@ mod tests {
             ]
         );
         assert_eq!(RetryPolicy::default().delays().len(), 4);
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+    }
+
+    #[test]
+    fn the_chain_waits_the_sum_of_its_delays() {
+        let policy = RetryPolicy::parse("1s,5s,30s,2m").expect("valid");
+        assert_eq!(policy.total(), Duration::from_secs(156));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //!   `dead_lettered`, `requeued`), `dead_letters_total{consumer,kind}`
 //! - `event_handler_duration_seconds{consumer,type}`, `event_end_to_end_age_seconds{consumer,type}`
 //! - `outbox_pending_rows{service}`, `outbox_oldest_age_seconds{service}`
+//! - `inbox_rows_deleted_total{consumer}` (inbox rows past `INBOX_RETENTION`)
 
 use std::{
     collections::HashSet,

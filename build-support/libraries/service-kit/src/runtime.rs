@@ -1,5 +1,6 @@
 //! What runs inside every service besides its own API: the database pool, the supervised bus,
-//! the outbox relay, health and reflection, and the gRPC server, with one shutdown path.
+//! the outbox relay, the inbox retention, health and reflection, and the gRPC server, with one
+//! shutdown path.
 //!
 //! [`ServiceRuntime::start`] binds the listener (port 0 in tests) and starts the background work;
 //! [`ServiceRuntime::serve`] serves the service's routes until the shutdown future resolves, then
@@ -9,7 +10,8 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, OutboxRelay,
+    Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, InboxRetention,
+    OutboxRelay,
     topology::{Consumes, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -61,7 +63,8 @@ impl ServiceRuntime {
     /// Creates and migrates the database, starts the bus and the outbox relay, binds the gRPC
     /// listener, and installs health (NOT_SERVING until the broker topology is declared) and
     /// reflection for `grpc_service`, the full name of the service's gRPC service. `consumes`
-    /// lists the queues the service will consume.
+    /// lists the queues the service will consume; their consumers' inbox rows are deleted after
+    /// `INBOX_RETENTION`.
     pub async fn start(
         settings: &Settings,
         migrator: Migrator,
@@ -95,6 +98,12 @@ impl ServiceRuntime {
         let relay = OutboxRelay::new(pool.clone(), bus.clone());
         let dispatcher = relay.dispatcher();
         workers.spawn(relay.run(stop.clone()));
+        let inbox_retention = InboxRetention::new(
+            pool.clone(),
+            consumes.iter().map(|subscription| subscription.consumer),
+            settings.inbox_retention,
+        );
+        workers.spawn(inbox_retention.run(stop.clone()));
         let (database_up, database_watch) = database::watch_health(pool.clone(), stop.clone());
         workers.spawn(database_watch);
         let (outbox_fresh, outbox_watch) = readiness::watch_outbox(

@@ -14,6 +14,10 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::grpc_limits::GrpcLimits;
 
+/// How long a consumer keeps a message's inbox row: the retry chain is minutes, and a dead
+/// letter may be replayed weeks later.
+pub const DEFAULT_INBOX_RETENTION: &str = "30d";
+
 /// The broker every service uses unless told otherwise.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -93,6 +97,11 @@ pub struct CommonArgs {
     /// Most deliveries a worker applies in one transaction (1 turns batching off).
     #[arg(long, env = "CONSUMER_BATCH", default_value_t = ConsumerTuning::default().batch_size)]
     pub consumer_batch: usize,
+    /// How long a consumer remembers a message it applied (its inbox row), so a redelivery,
+    /// retry or dead-letter replay within it is skipped; older rows are deleted. Longer than the
+    /// whole RETRY_DELAYS chain.
+    #[arg(long, env = "INBOX_RETENTION", default_value = DEFAULT_INBOX_RETENTION, value_parser = duration)]
+    pub inbox_retention: Duration,
     /// gRPC calls in flight at once, across all connections; beyond it a call is refused at
     /// once with RESOURCE_EXHAUSTED instead of queueing.
     #[arg(long, env = "GRPC_CONCURRENCY_LIMIT", default_value_t = GrpcLimits::default().concurrency_limit)]
@@ -120,7 +129,7 @@ pub struct CommonArgs {
 /// Parses a duration flag (`500ms`, `30s`, `2m`, `1h`), for clap's `value_parser`.
 pub fn duration(raw: &str) -> Result<Duration, String> {
     messaging::retry::parse_duration(raw)
-        .ok_or_else(|| format!("{raw:?} is not a duration like 500ms, 30s, 2m or 1h"))
+        .ok_or_else(|| format!("{raw:?} is not a duration like 500ms, 30s, 2m, 1h or 30d"))
 }
 
 fn trusted_producers(raw: &str) -> Result<TrustedProducers, String> {
@@ -146,6 +155,7 @@ pub struct Settings {
     pub trusted_producers: TrustedProducers,
     pub retry: RetryPolicy,
     pub consumer: ConsumerTuning,
+    pub inbox_retention: Duration,
     pub grpc: GrpcLimits,
     pub rust_log: String,
     pub log_format: LogFormat,
@@ -176,6 +186,14 @@ impl CommonArgs {
              what the broker pushed ahead",
             self.consumer_batch,
             self.consumer_prefetch
+        );
+        // A copy of a message may still be retried after another copy was applied; forgetting
+        // the applied one first would apply the message twice.
+        anyhow::ensure!(
+            self.inbox_retention > retry.total(),
+            "INBOX_RETENTION ({:?}) must be longer than the whole RETRY_DELAYS chain ({:?})",
+            self.inbox_retention,
+            retry.total()
         );
         anyhow::ensure!(
             self.grpc_concurrency_limit >= 1 && self.grpc_max_message_bytes >= 1,
@@ -216,6 +234,7 @@ impl CommonArgs {
                 prefetch: self.consumer_prefetch,
                 batch_size: self.consumer_batch,
             },
+            inbox_retention: self.inbox_retention,
             grpc: GrpcLimits {
                 concurrency_limit: self.grpc_concurrency_limit,
                 request_timeout: self.grpc_request_timeout,
@@ -379,6 +398,40 @@ mod tests {
             .resolve(&DEFAULTS)
             .expect_err("a zero timeout");
         assert!(format!("{instant:#}").contains("GRPC_KEEPALIVE_TIMEOUT"));
+    }
+
+    #[test]
+    fn inbox_retention_defaults_to_30_days_and_must_outlast_the_retries() {
+        let defaults = Cli::parse_from(["order-service"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("defaults are valid");
+        assert_eq!(defaults.inbox_retention, Duration::from_secs(30 * 86_400));
+        let settings = Cli::parse_from(["order-service", "--inbox-retention", "12h"])
+            .common
+            .resolve(&DEFAULTS)
+            .expect("a valid retention");
+        assert_eq!(settings.inbox_retention, Duration::from_secs(12 * 3600));
+
+        for (retention, delays) in [("0s", "1s"), ("2m", "1s,5s,30s,2m"), ("1s", "1s")] {
+            let error = Cli::parse_from([
+                "order-service",
+                "--inbox-retention",
+                retention,
+                "--retry-delays",
+                delays,
+            ])
+            .common
+            .resolve(&DEFAULTS)
+            .expect_err("a retention the retries outlast");
+            assert!(
+                format!("{error:#}").contains("INBOX_RETENTION"),
+                "{retention} with {delays}: {error:#}"
+            );
+        }
+        let unparsable = Cli::try_parse_from(["order-service", "--inbox-retention", "a month"])
+            .expect_err("not a duration");
+        assert!(unparsable.to_string().contains("is not a duration like"));
     }
 
     #[test]

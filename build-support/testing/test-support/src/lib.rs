@@ -130,6 +130,10 @@ impl Sandbox {
             trusted_producers: Default::default(),
             retry: test_retry(),
             consumer: ConsumerTuning::default(),
+            inbox_retention: service_kit::settings::duration(
+                service_kit::settings::DEFAULT_INBOX_RETENTION,
+            )
+            .expect("a valid default"),
             grpc: service_kit::grpc_limits::GrpcLimits::default(),
             database_pool_size: 16,
             rust_log: "info".into(),

@@ -9,6 +9,7 @@ use proto::{
     payment::v1::{PaymentProcessed, PaymentStatus},
     user::v1::{Plan, UserCreated},
 };
+use service_kit::Settings;
 use sqlx::PgPool;
 use test_support::{Running, Sandbox};
 use tonic::transport::Channel;
@@ -28,8 +29,15 @@ pub struct TestApp {
 
 /// The order service with the default prices, ready before it returns.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The order service with the default prices and settings `configure` changes.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let sandbox = Sandbox::new();
-    let (service, metrics_addr) = start_instance(&sandbox).await;
+    let mut settings = instance_settings(&sandbox);
+    configure(&mut settings);
+    let (service, metrics_addr) = start_instance_with(&settings).await;
     TestApp {
         client: OrderServiceClient::new(service.channel.clone()),
         metrics_addr,
@@ -40,9 +48,16 @@ pub async fn spawn_app() -> TestApp {
     }
 }
 
+fn instance_settings(sandbox: &Sandbox) -> Settings {
+    sandbox.settings("order-service", "orders", &test_support::broker_url())
+}
+
 async fn start_instance(sandbox: &Sandbox) -> (Running, std::net::SocketAddr) {
-    let settings = sandbox.settings("order-service", "orders", &test_support::broker_url());
-    let application = order_service::build(&settings, PriceList::default())
+    start_instance_with(&instance_settings(sandbox)).await
+}
+
+async fn start_instance_with(settings: &Settings) -> (Running, std::net::SocketAddr) {
+    let application = order_service::build(settings, PriceList::default())
         .await
         .expect("the service starts");
     let metrics_addr = application.metrics_addr();

@@ -10,4 +10,5 @@ mod batches;
 mod consuming;
 mod helpers;
 mod hostile;
+mod inbox_retention;
 mod process;
