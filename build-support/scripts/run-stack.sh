@@ -85,36 +85,38 @@ listening() {
 }
 
 reset_stack() {
-  local service addr busy=()
+  local service addr busy='' url
+  declare -A server=() name=()
   for service in "${services[@]}"; do
     for addr in "$(grpc_addr "$service")" "$(metrics_addr "$service")"; do
-      if listening "$addr"; then busy+=("$addr ($service)"); fi
+      if listening "$addr"; then busy+="${busy:+, }$addr ($service)"; fi
     done
+    url=$(database_url "$service")
+    url=${url%%\?*}
+    server[$service]=${url%/*}
+    name[$service]=${url##*/}
+    if [[ ! ${name[$service]} =~ ^[A-Za-z0-9_-]+$ ]]; then
+      log "refusing to reset: the database \"${name[$service]}\" of $service is not a plain name"
+      exit 1
+    fi
   done
-  if ((${#busy[@]})); then
-    log "refusing to reset: something listens on ${busy[*]}; stop the stack first (Ctrl-C where" \
+  if [[ -n $busy ]]; then
+    log "refusing to reset: something listens on $busy; stop the stack first (Ctrl-C where" \
       "run-stack.sh runs), as --reset removes its databases and queues"
     exit 1
   fi
   cargo build "${cargo_flags[@]}" -q -p eventsctl
   log "removing namespace \"${BUS_NAMESPACE:-}\" from the broker"
   "target/$profile/eventsctl" topology delete --yes --purge | sed -u 's/^/[stack] /' >&2
-  local url server name
   for service in "${services[@]}"; do
-    url=$(database_url "$service")
-    url=${url%%\?*}
-    server=${url%/*}
-    name=${url##*/}
-    if [[ ! $name =~ ^[A-Za-z0-9_-]+$ ]]; then
-      log "refusing to drop database \"$name\" of $service: not a plain name"
-      exit 1
-    fi
-    if [[ -z $(psql -X -q -At "$server/postgres" -c "select 1 from pg_database where datname = '$name'") ]]; then
-      log "no database $name ($service)"
+    if [[ -z $(psql -X -q -At "${server[$service]}/postgres" \
+      -c "select 1 from pg_database where datname = '${name[$service]}'") ]]; then
+      log "no database ${name[$service]} ($service)"
       continue
     fi
-    psql -X -q "$server/postgres" -v ON_ERROR_STOP=1 -c "drop database if exists \"$name\" with (force)"
-    log "dropped database $name ($service)"
+    psql -X -q "${server[$service]}/postgres" -v ON_ERROR_STOP=1 \
+      -c "drop database if exists \"${name[$service]}\" with (force)"
+    log "dropped database ${name[$service]} ($service)"
   done
   log "reset done"
 }
