@@ -4,7 +4,7 @@
 #
 #   build-support/scripts/python-client.sh [OUT_DIR]
 #   source "${XDG_CACHE_HOME:-$HOME/.cache}/event-driven-tools/python-venv/bin/activate"
-#   PYTHONPATH=target/python-client python build-support/clients/python/example.py
+#   PYTHONPATH=target/python-client python build-support/clients/python/readme_example.py   # the example of README.md
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

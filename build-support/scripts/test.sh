@@ -21,10 +21,10 @@ done
 
 build-support/scripts/ensure-services.sh
 log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --locked --all-targets --no-fail-fast ${args[@]+"${args[@]}"} 2>&1 | tee "$log" || status=$?
 summary=$(awk '/^test result:/ { passed += $4; failed += $6 } END { printf "%d passed, %d failed", passed, failed }' "$log")
-rm -f "$log"
 echo
 echo "tests: $summary"
 exit "$status"

@@ -458,6 +458,29 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<QueueState
     }
 }
 
+/// Whether `exchange` exists, by a passive declaration on `channel`; when it does not, `channel`
+/// is closed (use one of its own).
+pub async fn exchange_exists(channel: &Channel, exchange: &str) -> Result<bool, lapin::Error> {
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    // A passive declaration ignores the kind.
+    match channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => Ok(true),
+        Err(error) if is_soft(&error, AMQPSoftError::NOTFOUND) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
 fn is_access_refused(error: &lapin::Error) -> bool {
     is_soft(error, AMQPSoftError::ACCESSREFUSED)
 }

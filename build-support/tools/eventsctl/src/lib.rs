@@ -90,6 +90,7 @@ pub enum TopologyCommand {
     /// Delete the namespace's queues (consumer, retry and dead-letter queues) and exchanges,
     /// e.g. to tear a stack down, or so that the services declare them again with another
     /// QUEUE_TYPE. Stop the services first; queues that hold messages are kept unless --purge.
+    /// Names what it deleted; deletes nothing, successfully, when nothing of the namespace exists.
     Delete {
         /// The services' RETRY_DELAYS, which name their retry queues.
         #[arg(long, env = "RETRY_DELAYS", default_value = messaging::retry::DEFAULT_RETRY_DELAYS)]

@@ -1,6 +1,7 @@
 //! `eventsctl topology delete`: removes a namespace's queues and exchanges, to tear a stack
 //! down or to have the services declare them again (another `QUEUE_TYPE`, other arguments).
-//! Queues that still hold messages are kept unless the operator says to purge them.
+//! Queues that still hold messages are kept unless the operator says to purge them. It names
+//! what it deleted, and only what existed, so running it again says there is nothing left.
 
 use std::io::Write;
 
@@ -54,12 +55,26 @@ pub(crate) async fn delete(
          empty; replay or purge dead letters with `eventsctl dlq`), or pass --purge to delete \
          them with their queues"
     );
-    let exchanges = [topology.exchange(), topology.dead_letter_exchange()];
+    let mut exchanges = Vec::new();
+    for exchange in [topology.exchange(), topology.dead_letter_exchange()] {
+        if exchange_exists(connection, &exchange).await? {
+            exchanges.push(exchange);
+        }
+    }
+    if present.is_empty() && exchanges.is_empty() {
+        writeln!(
+            out,
+            "nothing to delete: no queue or exchange of namespace {:?}",
+            topology.namespace().as_str()
+        )?;
+        return Ok(());
+    }
     if !yes
         && !confirm(
             &format!(
-                "Delete {} queue(s) and the exchanges {}?",
+                "Delete {} queue(s) and {} exchange(s) {}?",
                 present.len(),
+                exchanges.len(),
                 exchanges.join(" and ")
             ),
             "delete",
@@ -79,7 +94,7 @@ pub(crate) async fn delete(
             found.queue, found.messages
         )?;
     }
-    for exchange in exchanges {
+    for exchange in &exchanges {
         channel
             .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;
@@ -87,6 +102,17 @@ pub(crate) async fn delete(
     }
     let _ = channel.close(200, "deleted".into()).await;
     Ok(())
+}
+
+/// Whether `exchange` exists.
+async fn exchange_exists(connection: &Connection, exchange: &str) -> anyhow::Result<bool> {
+    // A missing exchange closes the channel: one channel per exchange.
+    let channel = connection.create_channel().await?;
+    let exists = messaging::topology::exchange_exists(&channel, exchange).await?;
+    if exists {
+        let _ = channel.close(200, "inspected".into()).await;
+    }
+    Ok(exists)
 }
 
 /// `queue`'s messages and consumers, or `None` when it does not exist.

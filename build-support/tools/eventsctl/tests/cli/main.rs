@@ -495,3 +495,57 @@ async fn topology_delete_keeps_queues_in_use_or_holding_messages_unless_told_to_
         .await
         .expect("declared again, as classic queues");
 }
+
+#[tokio::test]
+async fn topology_delete_names_only_what_existed_and_a_second_run_finds_nothing() {
+    // Arrange: a declared namespace with empty queues.
+    let sandbox = Sandbox::new();
+    let amqp = test_support::broker().await;
+    sandbox
+        .topology
+        .declare(&amqp, messaging::topology::SUBSCRIPTIONS)
+        .await
+        .expect("topology");
+
+    // Act: delete it, then delete it again.
+    let first = delete_topology(&sandbox, &["--yes"]);
+    let second = delete_topology(&sandbox, &["--yes"]);
+
+    // Assert: the first run deleted every queue and both exchanges and said so; nothing of the
+    // namespace is left; the second run deleted nothing and said that, successfully.
+    assert!(first.status.success(), "{}", stderr(&first));
+    let text = stdout(&first);
+    for queue in sandbox.topology.queues() {
+        assert!(
+            text.contains(&format!("deleted queue {queue} (0 message(s))")),
+            "{text}"
+        );
+        let channel = amqp.create_channel().await.expect("a channel");
+        let state = messaging::topology::inspect(&channel, &queue)
+            .await
+            .expect("inspected");
+        assert_eq!(state, None, "{queue} is left");
+    }
+    for exchange in [
+        sandbox.topology.exchange(),
+        sandbox.topology.dead_letter_exchange(),
+    ] {
+        assert!(
+            text.contains(&format!("deleted exchange {exchange}\n")),
+            "{text}"
+        );
+        let channel = amqp.create_channel().await.expect("a channel");
+        let exists = messaging::topology::exchange_exists(&channel, &exchange)
+            .await
+            .expect("inspected");
+        assert!(!exists, "{exchange} is left");
+    }
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert_eq!(
+        stdout(&second),
+        format!(
+            "nothing to delete: no queue or exchange of namespace {:?}\n",
+            sandbox.topology.namespace().as_str()
+        )
+    );
+}
