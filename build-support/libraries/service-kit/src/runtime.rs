@@ -1,7 +1,8 @@
 //! What runs inside every service besides its own API: the database pool, the supervised bus,
 //! the outbox relay, health and reflection, and the gRPC server, with one shutdown path.
 //!
-//! [`ServiceRuntime::start`] binds the listener (port 0 in tests) and starts the background work;
+//! [`ServiceRuntime::start`] binds the listener (port 0 in tests) and starts the background work,
+//! the periodic activity summary among it (see [`messaging::activity`]);
 //! [`ServiceRuntime::serve`] serves the service's routes until the shutdown future resolves, then
 //! drains in order: gRPC calls and the relay's batch, then the broker connection, then the pool.
 
@@ -9,7 +10,7 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, OutboxRelay,
+    Activity, Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, OutboxRelay,
     topology::{Consumes, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -41,6 +42,9 @@ pub struct ServiceRuntime {
     pub bus: Bus,
     /// Hands committed outbox rows to the relay (see `messaging::outbox::dispatch`).
     pub dispatcher: Dispatcher,
+    /// What the service did since its last summary line: the consumers count in it, and so
+    /// may the service's API.
+    pub activity: Activity,
     /// Whether the database answers.
     database_up: watch::Receiver<bool>,
     metrics_addr: SocketAddr,
@@ -107,6 +111,12 @@ impl ServiceRuntime {
         let metrics_listener = metrics::bind(settings.metrics_addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         workers.spawn(metrics::serve(metrics_listener, stop.clone()));
+        let activity = Activity::default();
+        workers.spawn(messaging::activity::report(
+            activity.clone(),
+            settings.log_summary_interval,
+            stop.clone(),
+        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", grpc_service] {
@@ -160,6 +170,7 @@ impl ServiceRuntime {
             pool,
             bus,
             dispatcher,
+            activity,
             database_up,
             metrics_addr,
             consumer: settings.consumer,
@@ -207,7 +218,8 @@ impl ServiceRuntime {
         let consumer = EventConsumer::new(queue, self.pool.clone(), self.bus.clone(), handler)
             .with_tuning(self.consumer)
             .with_gate(self.database_up.clone())
-            .with_dispatcher(self.dispatcher.clone());
+            .with_dispatcher(self.dispatcher.clone())
+            .with_activity(self.activity.clone());
         self.spawn_worker(|stop| consumer.run(stop));
     }
 
@@ -235,6 +247,7 @@ impl ServiceRuntime {
             pool,
             bus: _,
             dispatcher,
+            activity: _,
             database_up: _,
             metrics_addr: _,
             consumer: _,
