@@ -80,8 +80,9 @@ impl<G> OrderCreatedHandler<G> {
 }
 
 impl<G: PaymentGateway> OrderCreatedHandler<G> {
-    /// The gateway's answer for a processing payment, within the timeout.
-    #[tracing::instrument(skip_all, fields(order_id = %payment.order_id), err)]
+    /// The gateway's answer for a processing payment, within the timeout. A failure is logged
+    /// once, by the consumer that settles it (a retry's WARN, a dead letter's ERROR).
+    #[tracing::instrument(skip_all, fields(order_id = %payment.order_id))]
     async fn charge(&self, payment: &Payment, email: &str) -> Result<Charge, HandlerError> {
         let request = ChargeRequest {
             idempotency_key: payment.order_id,
@@ -242,18 +243,18 @@ impl<G: PaymentGateway> Handler for OrderCreatedHandler<G> {
         let caused = batch.iter().map(|item| {
             item.span.in_scope(|| {
                 let Charge::Answered { order_id, .. } = item.prepared else {
-                    tracing::info!("the payment's outcome is recorded already; nothing to do");
+                    tracing::debug!("the payment's outcome is recorded already; nothing to do");
                     return Vec::new();
                 };
                 // The first message of an order records its outcome; another finds it recorded.
                 let Some(payment) = recorded.remove(order_id) else {
-                    tracing::info!(
+                    tracing::debug!(
                         %order_id,
                         "another delivery recorded the payment's outcome; nothing to do"
                     );
                     return Vec::new();
                 };
-                tracing::info!(
+                tracing::debug!(
                     %order_id,
                     payment_id = %payment.payment_id,
                     status = payment.status.as_str(),

@@ -1,5 +1,6 @@
 //! The `user.v1.UserService` gRPC API: converts protobuf to domain types at the edge.
 
+use messaging::activity::Counter;
 use proto::user::v1::{
     CreateUserRequest, CreateUserResponse, GetUserRequest, GetUserResponse, ListUsersRequest,
     ListUsersResponse, user_service_server::UserService,
@@ -31,14 +32,17 @@ pub struct UserApi {
     writer: Writer,
     /// Whether the chain has room for one more flow.
     backlog: Arc<Backlog>,
+    /// The CreateUser calls answered with a user, for the service's summary line.
+    calls: Counter,
 }
 
 impl UserApi {
-    pub fn new(pool: PgPool, writer: Writer, backlog: Arc<Backlog>) -> Self {
+    pub fn new(pool: PgPool, writer: Writer, backlog: Arc<Backlog>, calls: Counter) -> Self {
         Self {
             pool,
             writer,
             backlog,
+            calls,
         }
     }
 }
@@ -68,6 +72,7 @@ impl UserService for UserApi {
             .create(new_user, context)
             .await
             .map_err(ApiError::from)?;
+        self.calls.add(1);
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),
         }))

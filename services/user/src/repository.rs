@@ -166,7 +166,7 @@ pub async fn create_batch(
         .zip(calls)
         .map(|(answer, call)| match answer {
             Some(Answer::Created(user)) => {
-                tracing::info!(
+                tracing::debug!(
                     user_id = %user.user_id,
                     correlation_id = %call.context.correlation_id,
                     "user created"

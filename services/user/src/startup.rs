@@ -23,7 +23,8 @@ pub async fn build(settings: &Settings, ingress: Ingress) -> anyhow::Result<Appl
     let backlog = Backlog::new(ingress.create_user_max_backlog);
     let (pool, bus) = (runtime.pool.clone(), runtime.bus.clone());
     runtime.spawn_worker(|stop| backlog.clone().watch(pool, bus, stop));
-    let api = UserApi::new(runtime.pool.clone(), writer, backlog);
+    let calls = runtime.activity.counter("CreateUser");
+    let api = UserApi::new(runtime.pool.clone(), writer, backlog, calls);
     let gate = runtime.database_gate();
     Ok(runtime.into_application(move |routes| {
         routes.add_service(UserServiceServer::with_interceptor(api, gate))

@@ -13,7 +13,10 @@
 //! - [`outbox`]: the transactional outbox and the relay that drains it.
 //! - [`consumer`] and [`inbox`]: decode, apply in one transaction with the inbox row, ack after
 //!   commit, dead-letter what cannot be decoded; inbox rows deleted after their retention.
+//! - [`activity`]: what a service did since its last summary line (messages processed per
+//!   consumer, retries, dead letters), counted with atomics.
 
+pub mod activity;
 pub mod addresses;
 pub mod connection;
 pub mod consumer;
@@ -30,6 +33,7 @@ pub mod topology;
 pub mod trace_context;
 pub mod trust;
 
+pub use activity::Activity;
 pub use addresses::BrokerAddresses;
 pub use connection::{Bus, BusSettings, Connected};
 pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};

@@ -285,8 +285,8 @@ impl Topology {
     /// ran still waits for it. A broker that grants each service only what it needs may refuse a
     /// service the queues of others (declaring a dead-lettering queue takes read access to it):
     /// those are skipped, since their consumers declare them. The queues in `owned` (the ones
-    /// this service consumes) must be declared.
-    #[tracing::instrument(skip_all, fields(exchange = %self.exchange()), err)]
+    /// this service consumes) must be declared. A failure is the caller's to log.
+    #[tracing::instrument(skip_all, fields(exchange = %self.exchange()))]
     pub async fn declare(
         &self,
         connection: &Connection,

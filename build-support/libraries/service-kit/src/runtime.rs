@@ -2,7 +2,8 @@
 //! the outbox relay, the inbox retention, health and reflection, and the gRPC server, with one
 //! shutdown path.
 //!
-//! [`ServiceRuntime::start`] binds the listener (port 0 in tests) and starts the background work;
+//! [`ServiceRuntime::start`] binds the listener (port 0 in tests) and starts the background work,
+//! the periodic activity summary among it (see [`messaging::activity`]);
 //! [`ServiceRuntime::serve`] serves the service's routes until the shutdown future resolves, then
 //! drains in order: gRPC calls and the relay's batch, then the broker connection, then the pool.
 
@@ -10,8 +11,8 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, InboxRetention,
-    OutboxRelay,
+    Activity, Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler,
+    InboxRetention, OutboxRelay,
     topology::{Consumes, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -43,6 +44,9 @@ pub struct ServiceRuntime {
     pub bus: Bus,
     /// Hands committed outbox rows to the relay (see `messaging::outbox::dispatch`).
     pub dispatcher: Dispatcher,
+    /// What the service did since its last summary line: the consumers count in it, and so
+    /// may the service's API.
+    pub activity: Activity,
     /// Whether the database answers.
     database_up: watch::Receiver<bool>,
     metrics_addr: SocketAddr,
@@ -116,6 +120,12 @@ impl ServiceRuntime {
         let metrics_listener = metrics::bind(settings.metrics_addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
         workers.spawn(metrics::serve(metrics_listener, stop.clone()));
+        let activity = Activity::default();
+        workers.spawn(messaging::activity::report(
+            activity.clone(),
+            settings.log_summary_interval,
+            stop.clone(),
+        ));
 
         let (health, health_service) = tonic_health::server::health_reporter();
         for name in ["", grpc_service] {
@@ -169,6 +179,7 @@ impl ServiceRuntime {
             pool,
             bus,
             dispatcher,
+            activity,
             database_up,
             metrics_addr,
             consumer: settings.consumer,
@@ -216,7 +227,8 @@ impl ServiceRuntime {
         let consumer = EventConsumer::new(queue, self.pool.clone(), self.bus.clone(), handler)
             .with_tuning(self.consumer)
             .with_gate(self.database_up.clone())
-            .with_dispatcher(self.dispatcher.clone());
+            .with_dispatcher(self.dispatcher.clone())
+            .with_activity(self.activity.clone());
         self.spawn_worker(|stop| consumer.run(stop));
     }
 
@@ -244,6 +256,7 @@ impl ServiceRuntime {
             pool,
             bus: _,
             dispatcher,
+            activity: _,
             database_up: _,
             metrics_addr: _,
             consumer: _,

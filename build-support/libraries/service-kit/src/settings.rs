@@ -118,9 +118,15 @@ pub struct CommonArgs {
     /// Largest request message, in bytes; a bigger one is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "GRPC_MAX_MESSAGE_BYTES", default_value_t = GrpcLimits::default().max_message_bytes)]
     pub grpc_max_message_bytes: usize,
-    /// Log filter, in `tracing_subscriber::EnvFilter` syntax.
+    /// Log filter, in `tracing_subscriber::EnvFilter` syntax (Postgres notices stay at warn
+    /// unless it names a sqlx target).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub rust_log: String,
+    /// How often the service logs one INFO line of what it did since the last (messages
+    /// processed per consumer, CreateUser calls, retries, dead letters); nothing when it did
+    /// nothing. `0s` turns the line off.
+    #[arg(long, env = "LOG_SUMMARY_INTERVAL", default_value = "60s", value_parser = duration)]
+    pub log_summary_interval: Duration,
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -159,6 +165,8 @@ pub struct Settings {
     pub grpc: GrpcLimits,
     pub rust_log: String,
     pub log_format: LogFormat,
+    /// How often the activity summary is logged; zero: never.
+    pub log_summary_interval: Duration,
 }
 
 impl CommonArgs {
@@ -206,6 +214,10 @@ impl CommonArgs {
             "GRPC_REQUEST_TIMEOUT, GRPC_KEEPALIVE_INTERVAL and GRPC_KEEPALIVE_TIMEOUT must be \
              longer than zero"
         );
+        anyhow::ensure!(
+            self.log_summary_interval.is_zero() || self.log_summary_interval.as_secs() >= 1,
+            "LOG_SUMMARY_INTERVAL must be 0s (off) or at least 1s"
+        );
         Ok(Settings {
             service_name: defaults.name,
             database_url: self.database_url.unwrap_or_else(|| {
@@ -244,6 +256,7 @@ impl CommonArgs {
             },
             rust_log: self.rust_log,
             log_format: self.log_format,
+            log_summary_interval: self.log_summary_interval,
         })
     }
 }
@@ -300,6 +313,24 @@ mod tests {
         .expect("valid flags");
         assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:0");
         assert_eq!(settings.topology.exchange(), "ci.events_exchange");
+    }
+
+    #[test]
+    fn the_log_summary_is_every_minute_off_at_zero_and_never_more_often_than_a_second() {
+        let interval = |args: &[&str]| {
+            Cli::parse_from(["order-service"].iter().chain(args))
+                .common
+                .resolve(&DEFAULTS)
+                .map(|settings| settings.log_summary_interval)
+        };
+
+        assert_eq!(interval(&[]).expect("default"), Duration::from_secs(60));
+        assert_eq!(
+            interval(&["--log-summary-interval", "0s"]).expect("off"),
+            Duration::ZERO
+        );
+        let error = interval(&["--log-summary-interval", "500ms"]).expect_err("too often");
+        assert!(format!("{error:#}").contains("LOG_SUMMARY_INTERVAL"));
     }
 
     #[test]

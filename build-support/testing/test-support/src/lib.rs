@@ -138,6 +138,7 @@ impl Sandbox {
             database_pool_size: 16,
             rust_log: "info".into(),
             log_format: LogFormat::Text,
+            log_summary_interval: Duration::from_secs(60),
         }
     }
 

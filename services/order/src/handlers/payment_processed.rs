@@ -104,9 +104,9 @@ impl Handler for PaymentProcessedHandler {
             item.span.in_scope(|| {
                 // The first message of an order settled it; another finds it settled.
                 if settled.remove(order_id).is_some() {
-                    tracing::info!(%order_id, status, "order settled");
+                    tracing::debug!(%order_id, status, "order settled");
                 } else {
-                    tracing::info!(%order_id, status, "order already settled; nothing to do");
+                    tracing::debug!(%order_id, status, "order already settled; nothing to do");
                 }
             });
             Vec::new()

@@ -81,13 +81,13 @@ impl Handler for UserCreatedHandler {
             item.span.in_scope(|| {
                 // The first message of a user takes the order created; another finds it made.
                 let Some(order) = created.remove(&user_id) else {
-                    tracing::info!(
+                    tracing::debug!(
                         %user_id,
                         "the user already has its sign-up order; nothing to do"
                     );
                     return Vec::new();
                 };
-                tracing::info!(%user_id, order_id = %order.order_id, "order created");
+                tracing::debug!(%user_id, order_id = %order.order_id, "order created");
                 vec![Envelope::new(
                     &wire::order_created(&order),
                     &item.message.caused_context(),

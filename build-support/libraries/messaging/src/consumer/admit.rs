@@ -20,28 +20,23 @@ impl<H: Handler> EventConsumer<H> {
         let delivery = unsettled.delivery();
         let weight = HeaderWeight::of(delivery.properties.headers().as_ref());
         if !weight.forwardable() {
-            tracing::warn!(
+            tracing::error!(
                 consumer = self.name,
+                queue = self.subscription.queue,
                 depth = weight.depth,
                 bytes = weight.bytes,
                 "headers too deep or too big to forward; rejecting the message to the dead-letter queue"
             );
             let kind = FailureKind::OversizedHeaders;
             self.count_refused(kind);
-            metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
-                .increment(1);
+            self.count_dead_letter(kind);
             unsettled.reject().await;
             return None;
         }
         let attempts = self.bus.topology().retry().attempts_of(delivery);
         if !self.bus.trusts(H::Event::ROUTING_KEY, &delivery.properties) {
             let producer = self.bus.producer_of(&delivery.properties);
-            tracing::warn!(
-                consumer = self.name,
-                event_type = H::Event::TYPE_NAME,
-                producer = ?producer,
-                "event from a producer not trusted for it; dead-lettering it unapplied"
-            );
+            // The dead letter's line says who sent it.
             let error = format!(
                 "{} is not trusted to produce {}",
                 producer.as_deref().unwrap_or("a publisher without user_id"),

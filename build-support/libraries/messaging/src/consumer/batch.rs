@@ -69,7 +69,7 @@ impl<H: Handler> EventConsumer<H> {
                         self.observe(&pending.message, took, Ok(outcome));
                         if outcome == Outcome::Duplicate {
                             pending.span.in_scope(|| {
-                                tracing::info!("duplicate message; acknowledged without effect");
+                                tracing::debug!("duplicate message; acknowledged without effect");
                             });
                         }
                     }
@@ -132,6 +132,9 @@ impl<H: Handler> EventConsumer<H> {
         took: Duration,
         outcome: Result<Outcome, &'static str>,
     ) {
+        if outcome.is_ok() {
+            self.processed.add(1);
+        }
         let label = match outcome {
             Ok(Outcome::Applied) => "applied",
             Ok(Outcome::Duplicate) => "duplicate",

@@ -46,10 +46,6 @@ impl<H: Handler> EventConsumer<H> {
         } = failed;
         match error {
             HandlerError::Permanent(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "cannot apply message; dead-lettering it"
-                );
                 self.dead_letter(
                     delivery,
                     publisher,
@@ -63,21 +59,18 @@ impl<H: Handler> EventConsumer<H> {
                 let attempt = attempts.saturating_add(1);
                 match self.bus.topology().retry().delay(attempt) {
                     Some(delay) => {
+                        // The one line of a retried attempt: it needs nobody, unless they add up.
                         tracing::warn!(
-                            error = format!("{error:#}"),
                             attempt,
                             ?delay,
+                            error = format!("{error:#}"),
                             "transient failure; retrying later"
                         );
+                        self.activity.retried();
                         self.retry_later(delivery, publisher, attempt, delay, &error)
                             .await;
                     }
                     None => {
-                        tracing::error!(
-                            error = format!("{error:#}"),
-                            attempt,
-                            "transient failure, out of retries; dead-lettering it"
-                        );
                         self.dead_letter(
                             delivery,
                             publisher,
@@ -139,6 +132,7 @@ impl<H: Handler> EventConsumer<H> {
 
     /// Re-publishes to the dead-letter queue with the failure headers, then acks. If that fails,
     /// rejects it, which the queue dead-letters without the headers: never back to the queue.
+    /// Every dead letter is logged here, once, at ERROR: someone has to look at it.
     pub(super) async fn dead_letter(
         &self,
         unsettled: Unsettled,
@@ -147,8 +141,15 @@ impl<H: Handler> EventConsumer<H> {
         attempts: u32,
         error: &(dyn std::fmt::Display + Sync),
     ) {
-        metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
-            .increment(1);
+        tracing::error!(
+            consumer = self.name,
+            queue = self.subscription.queue,
+            kind = kind.as_str(),
+            attempts,
+            error = %error,
+            "message dead-lettered (eventsctl dlq list)"
+        );
+        self.count_dead_letter(kind);
         let failure = Failure {
             consumer: self.name,
             attempts,
@@ -173,5 +174,12 @@ impl<H: Handler> EventConsumer<H> {
                 unsettled.reject().await;
             }
         }
+    }
+
+    /// Counts a dead letter of `kind` in the metrics and the service's summary.
+    pub(super) fn count_dead_letter(&self, kind: FailureKind) {
+        metrics::counter!("dead_letters_total", "consumer" => self.name, "kind" => kind.as_str())
+            .increment(1);
+        self.activity.dead_lettered();
     }
 }

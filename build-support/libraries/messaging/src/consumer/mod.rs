@@ -63,6 +63,7 @@ use self::{
 };
 pub use crate::envelope::{DecodeError, Incoming, MAX_PAYLOAD_BYTES, decode};
 use crate::{
+    activity::{Activity, Counter},
     connection::{Bus, Connected},
     outbox::Dispatcher,
     publisher::Publisher,
@@ -136,6 +137,10 @@ pub struct EventConsumer<H> {
     stop: CancellationToken,
     /// Where the events a batch caused go once committed; without, they wait for a relay.
     dispatcher: Option<Dispatcher>,
+    /// The service's counts for its summary line: retries and dead letters.
+    activity: Activity,
+    /// The messages this consumer processed (applied, or found applied before), in `activity`.
+    processed: Counter,
 }
 
 impl<H: Handler> EventConsumer<H> {
@@ -170,6 +175,8 @@ impl<H: Handler> EventConsumer<H> {
             gate: watch::channel(true).1,
             stop: CancellationToken::new(),
             dispatcher: None,
+            activity: Activity::default(),
+            processed: Counter::default(),
         }
     }
 
@@ -183,13 +190,21 @@ impl<H: Handler> EventConsumer<H> {
         self
     }
 
-    /// Consume only while `gate` is `true` (e.g. while the database is reachable).
     /// Hands the events each batch caused to `dispatcher` once committed.
     pub fn with_dispatcher(mut self, dispatcher: Dispatcher) -> Self {
         self.dispatcher = Some(dispatcher);
         self
     }
 
+    /// Counts what the consumer does in `activity`, the service's summary: its processed
+    /// messages under its queue's name, its retries and dead letters.
+    pub fn with_activity(mut self, activity: Activity) -> Self {
+        self.processed = activity.counter(self.subscription.queue);
+        self.activity = activity;
+        self
+    }
+
+    /// Consume only while `gate` is `true` (e.g. while the database is reachable).
     pub fn with_gate(mut self, gate: watch::Receiver<bool>) -> Self {
         self.gate = gate;
         self
@@ -357,7 +372,6 @@ impl<H: Handler> EventConsumer<H> {
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(consumer = self.name, %error, "undecodable message; dead-lettering it");
                     metrics::counter!(
                         "events_consumed_total",
                         "consumer" => self.name, "type" => H::Event::TYPE_NAME, "outcome" => "undecodable"

@@ -69,8 +69,9 @@ pub async fn enqueue_all(
     Ok(())
 }
 
-/// Inserts the rows in one statement, due once `lease` is over.
-#[tracing::instrument(skip_all, fields(events = envelopes.len()), err)]
+/// Inserts the rows in one statement, due once `lease` is over. A failure is the caller's to
+/// log: it fails the caller's transaction.
+#[tracing::instrument(skip_all, fields(events = envelopes.len()))]
 async fn insert(
     connection: &mut PgConnection,
     envelopes: &[Envelope],
@@ -395,8 +396,9 @@ impl OutboxRelay {
         })
     }
 
-    /// One pass: claim, publish, then delete or reschedule, in one transaction.
-    #[tracing::instrument(skip_all, err)]
+    /// One pass: claim, publish, then delete or reschedule, in one transaction. A failure is
+    /// the caller's to log (the relay's WARN).
+    #[tracing::instrument(skip_all)]
     pub async fn relay_batch(&self, publisher: &Publisher) -> Result<RelayOutcome, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let batch = claim_due(&mut tx, self.batch_size).await?;
