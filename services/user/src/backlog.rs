@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use messaging::{Bus, Connected, topology};
+use messaging::{Bus, QueueProbe, topology};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -78,14 +78,14 @@ impl Backlog {
         if self.limit == 0 {
             return;
         }
-        let mut channel = None;
+        let mut queues = QueueProbe::default();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             }
             let before = self.admitted.load(Ordering::Acquire);
-            match probe(&pool, &bus, &mut channel).await {
+            match probe(&pool, &bus, &mut queues).await {
                 Ok(waiting) => {
                     self.probed.store(waiting, Ordering::Release);
                     // What was admitted before the probe began is in its count now.
@@ -93,7 +93,6 @@ impl Backlog {
                     metrics::gauge!("create_user_backlog").set(waiting as f64);
                 }
                 Err(error) => {
-                    channel = None;
                     tracing::debug!(error = format!("{error:#}"), "cannot read the backlog");
                 }
             }
@@ -101,28 +100,17 @@ impl Backlog {
     }
 }
 
-/// Outbox rows plus the ready messages of the chain's work queues.
-async fn probe(
-    pool: &PgPool,
-    bus: &Bus,
-    channel: &mut Option<lapin::Channel>,
-) -> anyhow::Result<u64> {
+/// Outbox rows plus the ready messages of the chain's work queues (a queue not declared yet
+/// holds nothing).
+async fn probe(pool: &PgPool, bus: &Bus, queues: &mut QueueProbe) -> anyhow::Result<u64> {
     let outbox = messaging::outbox::pending(pool).await?;
     let mut waiting = u64::try_from(outbox).unwrap_or(0);
     for subscription in topology::SUBSCRIPTIONS {
-        let open = match channel.take() {
-            Some(open) if open.status().connected() => open,
-            _ => {
-                let Some(Connected { connection, .. }) = bus.watch().borrow().clone() else {
-                    anyhow::bail!("no broker connection");
-                };
-                connection.create_channel().await?
-            }
-        };
-        // A queue not declared yet holds nothing; asking closed the channel.
-        if let Some(state) = topology::inspect(&open, &bus.topology().queue(subscription)).await? {
+        if let Some(state) = queues
+            .inspect(bus, &bus.topology().queue(subscription))
+            .await?
+        {
             waiting += u64::from(state.messages);
-            *channel = Some(open);
         }
     }
     Ok(waiting)

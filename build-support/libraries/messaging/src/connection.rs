@@ -32,7 +32,7 @@ use crate::{
     addresses::BrokerAddresses,
     limits::MAX_FRAME_BYTES,
     publisher::Publisher,
-    topology::{DeclareError, Subscription, Topology},
+    topology::{self, DeclareError, QueueState, Subscription, Topology},
     trust::TrustedProducers,
 };
 
@@ -224,6 +224,34 @@ enum ConnectError {
          set frame_max = {MAX_FRAME_BYTES} (RabbitMQ's default) in rabbitmq.conf"
     )]
     FrameMax(u32),
+}
+
+/// Reads queues' states by passive declarations on a channel of the bus's current connection,
+/// kept between readings and opened again when it closed (a passive declaration of a missing
+/// queue closes it) or the connection changed.
+#[derive(Debug, Default)]
+pub struct QueueProbe {
+    channel: Option<Channel>,
+}
+
+impl QueueProbe {
+    /// What `queue` holds now; `None` when it is not declared (yet).
+    pub async fn inspect(&mut self, bus: &Bus, queue: &str) -> anyhow::Result<Option<QueueState>> {
+        let open = match self.channel.take() {
+            Some(open) if open.status().connected() => open,
+            _ => {
+                let Some(Connected { connection, .. }) = bus.current() else {
+                    anyhow::bail!("no broker connection");
+                };
+                connection.create_channel().await?
+            }
+        };
+        let state = topology::inspect(&open, queue).await?;
+        if state.is_some() {
+            self.channel = Some(open);
+        }
+        Ok(state)
+    }
 }
 
 /// The broker user an AMQP URL logs in as (`guest` when it names none, as AMQP URLs default).

@@ -183,6 +183,14 @@ pub fn decode<E: Event>(delivery: &Delivery) -> Result<Incoming<E>, DecodeError>
     })
 }
 
+/// How long ago a UUIDv7 id (a message id, an order id) was minted; `None` for other ids or
+/// clock skew.
+pub fn minted_ago(id: Uuid) -> Option<std::time::Duration> {
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    let minted = std::time::UNIX_EPOCH + std::time::Duration::new(seconds, nanos);
+    std::time::SystemTime::now().duration_since(minted).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

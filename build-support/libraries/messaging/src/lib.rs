@@ -35,7 +35,7 @@ pub mod trust;
 
 pub use activity::Activity;
 pub use addresses::BrokerAddresses;
-pub use connection::{Bus, BusSettings, Connected};
+pub use connection::{Bus, BusSettings, Connected, QueueProbe};
 pub use consumer::{ConsumerTuning, EventConsumer, Handler, HandlerError, Incoming};
 pub use envelope::{Envelope, EventContext};
 pub use inbox::retention::InboxRetention;

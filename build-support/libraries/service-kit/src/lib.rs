@@ -20,6 +20,7 @@ pub mod healthcheck;
 pub mod metrics;
 pub mod pagination;
 pub mod proto_time;
+mod queue_gauges;
 mod readiness;
 pub mod repository;
 pub mod request_context;

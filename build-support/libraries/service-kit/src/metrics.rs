@@ -4,14 +4,9 @@
 //! Labels take a bounded set of values, so no client can grow `/metrics`: the `method` of a gRPC
 //! call is its path only when the server serves it ([`KnownMethods`]), `unknown` otherwise.
 //!
-//! Metrics (every duration in seconds):
-//! - `grpc_server_requests_total{service,method,code}`, `grpc_server_request_duration_seconds{service,method}`
-//! - `events_published_total{service,type,outcome}` (outbox relay; `acked` or `failed`)
-//! - `events_consumed_total{consumer,type,outcome}` (`applied`, `duplicate`, `retried`,
-//!   `dead_lettered`, `requeued`), `dead_letters_total{consumer,kind}`
-//! - `event_handler_duration_seconds{consumer,type}`, `event_end_to_end_age_seconds{consumer,type}`
-//! - `outbox_pending_rows{service}`, `outbox_oldest_age_seconds{service}`
-//! - `inbox_rows_deleted_total{consumer}` (inbox rows past `INBOX_RETENTION`)
+//! Every metric the services export is in [`CATALOGUE`], with its `# HELP` text (durations in
+//! seconds), plus the standard `process_*` metrics of each process (CPU, memory, open file
+//! descriptors, threads), refreshed on every scrape.
 
 use std::{
     collections::HashSet,
@@ -25,6 +20,7 @@ use std::{
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use prost::Message as _;
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -33,24 +29,177 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// The process-wide recorder, installed on first use (services in one test process share it).
+/// What a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// A metric the services export: its name, kind and `# HELP` text.
+#[derive(Debug, Clone, Copy)]
+pub struct Described {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub help: &'static str,
+}
+
+const fn metric(name: &'static str, kind: Kind, help: &'static str) -> Described {
+    Described { name, kind, help }
+}
+
+/// Every metric of the services (the `process_*` metrics aside), whichever code records it.
+pub const CATALOGUE: &[Described] = &[
+    metric(
+        "grpc_server_requests_total",
+        Kind::Counter,
+        "gRPC calls by method and status code; a path the service does not serve is method=\"unknown\"",
+    ),
+    metric(
+        "grpc_server_request_duration_seconds",
+        Kind::Histogram,
+        "gRPC call latency by method",
+    ),
+    metric(
+        "events_published_total",
+        Kind::Counter,
+        "Events published from the outbox (dispatched or relayed), by type and outcome (acked, failed)",
+    ),
+    metric(
+        "events_consumed_total",
+        Kind::Counter,
+        "Deliveries by consumer, type and outcome (applied, duplicate, retried, dead_lettered, requeued, undecodable)",
+    ),
+    metric(
+        "dead_letters_total",
+        Kind::Counter,
+        "Messages a consumer sent to its dead-letter queue, by kind of failure",
+    ),
+    metric(
+        "event_handler_duration_seconds",
+        Kind::Histogram,
+        "Handler transaction latency by consumer and event type",
+    ),
+    metric(
+        "event_end_to_end_age_seconds",
+        Kind::Histogram,
+        "Age of an event when applied, from its time-ordered message_id",
+    ),
+    metric(
+        "order_settlement_seconds",
+        Kind::Histogram,
+        "Time from an order's creation (its time-ordered order_id) to its settlement, by status",
+    ),
+    metric(
+        "consumer_batch_size",
+        Kind::Histogram,
+        "Deliveries a consumer applied per transaction",
+    ),
+    metric(
+        "outbox_pending_rows",
+        Kind::Gauge,
+        "Rows waiting in the service's outbox",
+    ),
+    metric(
+        "outbox_oldest_age_seconds",
+        Kind::Gauge,
+        "Age of the oldest row waiting in the service's outbox",
+    ),
+    metric(
+        "outbox_dispatch_deferred_total",
+        Kind::Counter,
+        "Committed outbox rows left to their lease because the publisher was too far behind",
+    ),
+    metric(
+        "outbox_published_twice_total",
+        Kind::Counter,
+        "Outbox rows published by both their dispatch and a relay (harmless: one message_id)",
+    ),
+    metric(
+        "inbox_rows_deleted_total",
+        Kind::Counter,
+        "Inbox rows deleted past INBOX_RETENTION, by consumer",
+    ),
+    metric(
+        "queue_messages_ready",
+        Kind::Gauge,
+        "Messages ready in the service's work and dead-letter queues, by queue",
+    ),
+    metric(
+        "queue_consumers",
+        Kind::Gauge,
+        "Consumers attached to the service's work queues, by queue",
+    ),
+    metric(
+        "broker_connected",
+        Kind::Gauge,
+        "1 while the service has a broker connection with its topology declared, else 0",
+    ),
+    metric(
+        "db_pool_connections",
+        Kind::Gauge,
+        "Database pool connections by state (idle, in_use)",
+    ),
+    metric(
+        "db_pool_max_connections",
+        Kind::Gauge,
+        "The database pool's size limit (DATABASE_POOL_SIZE)",
+    ),
+    metric(
+        "create_user_batch_size",
+        Kind::Histogram,
+        "CreateUser calls the user service wrote per transaction",
+    ),
+    metric(
+        "create_user_backlog",
+        Kind::Gauge,
+        "Flows waiting in the chain, as the user service last read it",
+    ),
+];
+
+/// The process-wide recorder, installed on first use (services in one test process share it),
+/// with every metric of [`CATALOGUE`] and the process metrics described.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        PrometheusBuilder::new()
+        let handle = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
             .expect("valid buckets")
             .install_recorder()
-            .expect("no other metrics recorder is installed")
+            .expect("no other metrics recorder is installed");
+        for described in CATALOGUE {
+            let (name, help) = (described.name, described.help);
+            match described.kind {
+                Kind::Counter => ::metrics::describe_counter!(name, help),
+                Kind::Gauge => ::metrics::describe_gauge!(name, help),
+                Kind::Histogram => ::metrics::describe_histogram!(name, help),
+            }
+        }
+        process_collector().describe();
+        handle
     })
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, stop: CancellationToken) {
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Serves `GET /metrics` on `listener` until `stop`; each scrape first refreshes the process
+/// metrics and the gauges of `pool`, labelled with `service`.
+pub async fn serve(
+    listener: TcpListener,
+    pool: PgPool,
+    service: &'static str,
+    stop: CancellationToken,
+) {
     let handle = handle();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || async move {
+            process_collector().collect();
+            record_pool(&pool, service);
             handle.run_upkeep();
             handle.render()
         }),
@@ -61,6 +210,19 @@ pub async fn serve(listener: TcpListener, stop: CancellationToken) {
     {
         tracing::error!(%error, "the metrics endpoint failed");
     }
+}
+
+/// The pool's connections by state, and its limit.
+fn record_pool(pool: &PgPool, service: &'static str) {
+    let (size, idle) = (pool.size(), pool.num_idle() as u32);
+    let connections = |state: &'static str, count: u32| {
+        ::metrics::gauge!("db_pool_connections", "service" => service, "state" => state)
+            .set(f64::from(count));
+    };
+    connections("idle", idle);
+    connections("in_use", size.saturating_sub(idle));
+    ::metrics::gauge!("db_pool_max_connections", "service" => service)
+        .set(f64::from(pool.options().get_max_connections()));
 }
 
 /// Binds `METRICS_ADDR`.

@@ -11,8 +11,8 @@ use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use messaging::{
-    Activity, Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler,
-    InboxRetention, OutboxRelay,
+    Activity, Bus, BusSettings, ConsumerTuning, Dispatcher, EventConsumer, Handler, InboxRetention,
+    OutboxRelay,
     topology::{Consumes, Subscription},
 };
 use sqlx::{PgPool, migrate::Migrator};
@@ -26,7 +26,7 @@ use crate::{
     database,
     grpc_limits::{GrpcLimits, InFlightLimitLayer, LimitStatusLayer, MessageSizeLimitLayer},
     metrics::{self, KnownMethods},
-    readiness,
+    queue_gauges, readiness,
     settings::Settings,
 };
 
@@ -119,7 +119,18 @@ impl ServiceRuntime {
         workers.spawn(outbox_watch);
         let metrics_listener = metrics::bind(settings.metrics_addr).await?;
         let metrics_addr = metrics_listener.local_addr()?;
-        workers.spawn(metrics::serve(metrics_listener, stop.clone()));
+        workers.spawn(metrics::serve(
+            metrics_listener,
+            pool.clone(),
+            settings.service_name,
+            stop.clone(),
+        ));
+        workers.spawn(queue_gauges::watch(
+            bus.clone(),
+            settings.service_name,
+            consumes.to_vec(),
+            stop.clone(),
+        ));
         let activity = Activity::default();
         workers.spawn(messaging::activity::report(
             activity.clone(),

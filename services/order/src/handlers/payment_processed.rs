@@ -105,6 +105,11 @@ impl Handler for PaymentProcessedHandler {
                 // The first message of an order settled it; another finds it settled.
                 if settled.remove(order_id).is_some() {
                     tracing::debug!(%order_id, status, "order settled");
+                    // From the order's creation (its id is a UUIDv7) to its settlement.
+                    if let Some(took) = messaging::envelope::minted_ago(*order_id) {
+                        metrics::histogram!("order_settlement_seconds", "status" => status)
+                            .record(took.as_secs_f64());
+                    }
                 } else {
                     tracing::debug!(%order_id, status, "order already settled; nothing to do");
                 }

@@ -5,7 +5,6 @@ use std::{collections::VecDeque, time::Duration};
 
 use proto::Event;
 use tracing::Instrument;
-use uuid::Uuid;
 
 use super::{
     BatchFailure, BatchMessage, EventConsumer, Handler, HandlerError, Incoming,
@@ -146,7 +145,7 @@ impl<H: Handler> EventConsumer<H> {
         metrics::histogram!("event_handler_duration_seconds", "consumer" => consumer, "type" => kind)
             .record(took.as_secs_f64());
         if outcome == Ok(Outcome::Applied)
-            && let Some(age) = event_age(message.message_id)
+            && let Some(age) = crate::envelope::minted_ago(message.message_id)
         {
             metrics::histogram!("event_end_to_end_age_seconds", "consumer" => consumer, "type" => kind)
                 .record(age.as_secs_f64());
@@ -173,11 +172,4 @@ impl<H: Handler> EventConsumer<H> {
         )
         .await
     }
-}
-
-/// How long ago a UUIDv7 id was minted; `None` for other ids or clock skew.
-fn event_age(message_id: Uuid) -> Option<Duration> {
-    let (seconds, nanos) = message_id.get_timestamp()?.to_unix();
-    let minted = std::time::UNIX_EPOCH + Duration::new(seconds, nanos);
-    std::time::SystemTime::now().duration_since(minted).ok()
 }
