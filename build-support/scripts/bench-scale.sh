@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The scaling measurement (README, Scaling out): the stack in release mode with N instances of
+# The scaling measurement (build-support/docs/operations.md, Scaling out): the stack in release mode with N instances of
 # each service, on fresh databases (scale_users, scale_orders, scale_payments) and bus namespace
 # (`scale`), each removed after its run, for each configuration of BENCH_SCALE_RUNS, one after the
 # other in one run of this script:

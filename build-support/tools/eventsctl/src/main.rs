@@ -7,7 +7,7 @@ use clap::Parser;
 use eventsctl::Cli;
 
 fn main() -> ExitCode {
-    // A dead letter's headers may be nested as deep as a frame allows (README, Security).
+    // A dead letter's headers may be nested as deep as a frame allows (build-support/docs/design.md, Security).
     if let Err(error) = messaging::limits::ensure_thread_stacks() {
         eprintln!("eventsctl: cannot set the threads' stack: {error}");
         return ExitCode::FAILURE;

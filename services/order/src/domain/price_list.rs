@@ -20,7 +20,7 @@ pub struct PriceList {
     currency: String,
 }
 
-/// The default prices of the plans (README, Configuration: `PLAN_PRICES`).
+/// The default prices of the plans (build-support/docs/configuration.md: `PLAN_PRICES`).
 pub const DEFAULT_PRICES: &str = "basic=9.99,pro=29.99,enterprise=99.99";
 
 impl PriceList {

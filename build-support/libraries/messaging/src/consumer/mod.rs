@@ -110,7 +110,7 @@ pub struct ConsumerTuning {
 }
 
 /// One worker per consumer: it takes everything the broker pushed ahead into one transaction,
-/// so batches grow with the load. Measured on two cores (README, Benchmark), more workers split
+/// so batches grow with the load. Measured on two cores (build-support/docs/benchmark.md), more workers split
 /// the stream into smaller batches, more commits and more latency; they pay off only when a
 /// handler waits on another system (the payment service, waiting on its gateway, runs four).
 impl Default for ConsumerTuning {
