@@ -57,12 +57,68 @@ pub(crate) struct DeadLetters<'a> {
 struct Fetched {
     channel: Channel,
     queue: String,
+    /// How many waited in the queue when it was opened.
+    waiting: u32,
+    /// How many were read (and held): at most the bound the fetch was given.
+    read: usize,
+    /// Those of the read ones that were kept.
     messages: Vec<Delivery>,
 }
 
 impl Fetched {
     async fn release(self) {
         let _ = self.channel.close(200, "done".into()).await;
+    }
+}
+
+/// What a bounded read of the dead-letter queues found for one correlation id.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// The dead letters with the correlation id.
+    pub(crate) found: Vec<DeadLetter>,
+    /// Messages read, across the queues.
+    pub(crate) read: usize,
+    /// Dead-letter queues read.
+    pub(crate) queues: usize,
+    /// Queues read only in part, at the bound: (queue, read, waiting).
+    pub(crate) partial: Vec<(String, usize, u32)>,
+    /// Dead-letter queues that do not exist, skipped.
+    pub(crate) missing: Vec<String>,
+}
+
+/// One dead letter, as its failure headers describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter {
+    pub(crate) queue: String,
+    pub(crate) message_id: String,
+    pub(crate) event_type: String,
+    pub(crate) kind: String,
+    pub(crate) attempts: Option<i64>,
+    pub(crate) reason: Option<String>,
+    /// When it last failed (`last_failure_time`), if the header says.
+    pub(crate) failed_at: Option<DateTime<Utc>>,
+    /// The user its payload names (`user_id`), if it decodes and names one.
+    pub(crate) user_id: Option<String>,
+}
+
+impl DeadLetter {
+    fn of(queue: &str, message: &Delivery) -> Self {
+        let properties = &message.properties;
+        let event_type = event_type(properties);
+        let user_id = payload::to_json(&event_type, &message.data)
+            .ok()
+            .and_then(|json| json.get("userId")?.as_str().map(str::to_owned))
+            .filter(|id| !id.is_empty());
+        Self {
+            queue: queue.to_owned(),
+            message_id: message_id(properties),
+            kind: failure_kind(properties),
+            attempts: integer_header(properties, ATTEMPTS_HEADER),
+            reason: text_header(properties, FAILURE_MESSAGE_HEADER),
+            failed_at: failure_time(properties),
+            user_id,
+            event_type,
+        }
     }
 }
 
@@ -84,41 +140,101 @@ impl<'a> DeadLetters<'a> {
     /// How many messages wait in `queue`; an error if it does not exist.
     async fn depth(&self, channel: &Channel, queue: &str) -> anyhow::Result<u32> {
         let state = messaging::topology::inspect(channel, queue).await?;
-        let state = state.with_context(|| {
-            format!(
-                "queue {queue} does not exist: is BUS_NAMESPACE right, and has a service started?"
-            )
-        })?;
-        Ok(state.messages)
+        Ok(state.with_context(|| no_such_queue(queue))?.messages)
     }
 
-    /// Fetches up to `max` of the messages waiting in `subscription`'s DLQ, unacknowledged.
-    async fn fetch(&self, subscription: &Subscription, max: usize) -> anyhow::Result<Fetched> {
+    /// Fetches every message waiting in `subscription`'s DLQ, unacknowledged.
+    async fn fetch(&self, subscription: &Subscription) -> anyhow::Result<Fetched> {
+        let queue = self.topology.dead_letter_queue(subscription);
+        self.fetch_kept(subscription, usize::MAX, |_| true)
+            .await?
+            .with_context(|| no_such_queue(&queue))
+    }
+
+    /// Reads up to `max` of the messages waiting in `subscription`'s DLQ, unacknowledged, and
+    /// keeps those `keep` accepts (the others' bodies are dropped at once; the broker holds them
+    /// until the channel closes). `None` when the queue does not exist.
+    async fn fetch_kept(
+        &self,
+        subscription: &Subscription,
+        max: usize,
+        keep: impl Fn(&Delivery) -> bool,
+    ) -> anyhow::Result<Option<Fetched>> {
+        // A missing queue closes the channel: one channel per queue.
         let channel = self.connection.create_channel().await?;
         let queue = self.topology.dead_letter_queue(subscription);
-        let waiting = self.depth(&channel, &queue).await?;
+        let Some(state) = messaging::topology::inspect(&channel, &queue).await? else {
+            return Ok(None);
+        };
+        let waiting = state.messages;
+        let mut read = 0;
         let mut messages = Vec::new();
-        while messages.len() < max.min(waiting as usize) {
+        while read < max.min(waiting as usize) {
             match channel
                 .basic_get(queue.as_str().into(), BasicGetOptions::default())
                 .await?
             {
-                Some(message) => messages.push(message.delivery),
+                Some(message) => {
+                    read += 1;
+                    if keep(&message.delivery) {
+                        messages.push(message.delivery);
+                    }
+                }
                 None => break,
             }
         }
-        Ok(Fetched {
+        Ok(Some(Fetched {
             channel,
             queue,
+            waiting,
+            read,
             messages,
-        })
+        }))
+    }
+
+    /// The dead letters whose `correlation_id` is `correlation_id`, reading at most `max` of
+    /// each dead-letter queue; a queue that does not exist is skipped.
+    pub(crate) async fn of_correlation(
+        &self,
+        correlation_id: &str,
+        max: usize,
+    ) -> anyhow::Result<Scan> {
+        let mut scan = Scan::default();
+        for subscription in &self.subscriptions {
+            let of_flow = |message: &Delivery| {
+                message
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .is_some_and(|c| c.as_str() == correlation_id)
+            };
+            let Some(fetched) = self.fetch_kept(subscription, max, of_flow).await? else {
+                scan.missing
+                    .push(self.topology.dead_letter_queue(subscription));
+                continue;
+            };
+            scan.read += fetched.read;
+            scan.queues += 1;
+            if fetched.read < fetched.waiting as usize {
+                scan.partial
+                    .push((fetched.queue.clone(), fetched.read, fetched.waiting));
+            }
+            scan.found.extend(
+                fetched
+                    .messages
+                    .iter()
+                    .map(|message| DeadLetter::of(&fetched.queue, message)),
+            );
+            fetched.release().await;
+        }
+        Ok(scan)
     }
 
     pub(crate) async fn list(&self, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
         writeln!(out, "{:<56} {:>8}", "DEAD-LETTER QUEUE", "MESSAGES")?;
         for subscription in &self.subscriptions {
-            let fetched = self.fetch(subscription, usize::MAX).await?;
-            writeln!(out, "{:<56} {:>8}", fetched.queue, fetched.messages.len())?;
+            let fetched = self.fetch(subscription).await?;
+            writeln!(out, "{:<56} {:>8}", fetched.queue, fetched.read)?;
             let mut summary: BTreeMap<(String, String), (usize, String)> = BTreeMap::new();
             for message in &fetched.messages {
                 let key = (
@@ -149,7 +265,7 @@ impl<'a> DeadLetters<'a> {
     ) -> anyhow::Result<()> {
         let mut shown = 0;
         for subscription in &self.subscriptions {
-            let fetched = self.fetch(subscription, usize::MAX).await?;
+            let fetched = self.fetch(subscription).await?;
             for message in fetched.messages.iter().filter(|m| matches(filter, m)) {
                 if shown == limit {
                     break;
@@ -184,7 +300,7 @@ impl<'a> DeadLetters<'a> {
         let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         let mut replayed = 0;
         for subscription in &self.subscriptions {
-            let fetched = self.fetch(subscription, usize::MAX).await?;
+            let fetched = self.fetch(subscription).await?;
             for message in fetched.messages.iter().filter(|m| matches(filter, m)) {
                 let (exchange, routing_key) =
                     self.original_route(subscription, &message.properties);
@@ -284,11 +400,13 @@ impl<'a> DeadLetters<'a> {
     }
 }
 
+fn no_such_queue(queue: &str) -> String {
+    format!("queue {queue} does not exist: is BUS_NAMESPACE right, and has a service started?")
+}
+
 fn matches(filter: &Filter, message: &Delivery) -> bool {
     let properties = &message.properties;
-    let failed_at = text_header(properties, LAST_FAILURE_HEADER)
-        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-        .map(|t| t.with_timezone(&Utc));
+    let failed_at = failure_time(properties);
     (filter.message_ids.is_empty() || filter.message_ids.contains(&message_id(properties)))
         && filter
             .event_type
@@ -300,6 +418,13 @@ fn matches(filter: &Filter, message: &Delivery) -> bool {
         && filter
             .until
             .is_none_or(|until| failed_at.is_some_and(|at| at < until))
+}
+
+/// When the message last failed, if its `last_failure_time` header says.
+fn failure_time(properties: &BasicProperties) -> Option<DateTime<Utc>> {
+    text_header(properties, LAST_FAILURE_HEADER)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// The message as it was first published, without what its failures added.

@@ -1,7 +1,7 @@
 //! `eventsctl`, the operator CLI of the event bus.
 //!
-//! `eventsctl trace <user_id | correlation_id>` draws one user's flow from the services' read
-//! APIs.
+//! `eventsctl trace <user_id | correlation_id>` draws the flow of a user, or of every user of a
+//! correlation id, from the services' read APIs, with the flow's dead letters.
 //! `eventsctl dlq list | show | replay | purge` inspects and repairs the dead-letter queues over
 //! plain AMQP (no management plugin needed). Reading a queue never loses a message: messages are
 //! fetched unacknowledged and go back to the queue when the channel closes, except those a
@@ -52,8 +52,13 @@ pub enum Command {
     /// The namespace's queues and exchanges.
     #[command(subcommand)]
     Topology(TopologyCommand),
-    /// One user's flow as a timeline: user, order and its status changes, payment, and the time
-    /// each hop took, from the services' read APIs.
+    /// A user's flow as a timeline: user, order and its status changes, payment, and the time
+    /// each hop took, from the services' read APIs; by correlation id, the flow of every user
+    /// created under it (a client may reuse its x-request-id), one after the other. The flow's
+    /// dead letters (found by correlation id in the dead-letter queues, read without being
+    /// consumed) appear in its timeline with their queue, failure kind, attempts and reason.
+    /// Retried attempts are not recorded by the services: each is one WARN log line with the
+    /// flow's correlation_id and counted in events_consumed_total{outcome="retried"}.
     Trace {
         /// The user's id, as CreateUser returned it, or the flow's correlation id (the
         /// x-request-id of the CreateUser call).
@@ -82,6 +87,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Read at most this many messages of each dead-letter queue when looking for the
+        /// flow's dead letters; the trace says when a queue held more.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+        dlq_scan_limit: u32,
     },
 }
 
@@ -197,13 +206,19 @@ pub async fn run(cli: Cli, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
             order_addr,
             payment_addr,
             json,
+            dlq_scan_limit,
         } => {
             let endpoints = trace::Endpoints {
                 user: user_addr,
                 order: order_addr,
                 payment: payment_addr,
             };
-            return trace::trace(&endpoints, &id, json, out).await;
+            let dead_letters = trace::DeadLetterSource {
+                amqp_url: cli.amqp_url,
+                topology,
+                scan_limit: dlq_scan_limit as usize,
+            };
+            return trace::trace(&endpoints, &dead_letters, &id, json, out).await;
         }
     };
     let queue = match &command {

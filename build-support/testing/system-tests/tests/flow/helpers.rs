@@ -137,16 +137,6 @@ impl Stack {
         self.services.push(running);
     }
 
-    /// `http://<addr>` of the first running service serving `grpc_service`.
-    pub fn address_of(&self, grpc_service: &str) -> String {
-        let service = self
-            .services
-            .iter()
-            .find(|s| s.grpc_service() == grpc_service)
-            .expect("the service runs");
-        format!("http://{}", service.addr)
-    }
-
     /// Waits until every running service's health reports `status`.
     pub async fn wait_for_health(
         &self,

@@ -1,5 +1,7 @@
-//! `eventsctl dlq` against the real broker: the binary as an operator runs it, on dead letters
-//! in a private namespace.
+//! `eventsctl` against the real broker: the binary as an operator runs it, on dead letters in a
+//! private namespace; `trace` against the three services running in the test (see [`trace`]).
+
+mod trace;
 
 use std::process::{Command, Output, Stdio};
 
