@@ -89,7 +89,7 @@ pub(crate) fn render(sweep: &Sweep) -> anyhow::Result<String> {
             .iter()
             .map(|p| p.0)
             .fold(sweep.peak_flows_per_second, f64::max);
-    let y_min = one_two_five_below(p50.iter().map(|p| p.1).fold(f64::INFINITY, f64::min) / 1.2);
+    let y_min = decade_below(p50.iter().map(|p| p.1).fold(f64::INFINITY, f64::min) / 1.2);
     let y_max = one_two_five_above(p99.iter().map(|p| p.1).fold(0.0, f64::max) * 1.2);
 
     let lines = note_lines(sweep);
@@ -186,14 +186,10 @@ fn one_two_five(ms: &f64) -> String {
     }
 }
 
-/// The largest 1, 2 or 5 times a power of ten at most `ms`: where the log axis starts.
-fn one_two_five_below(ms: f64) -> f64 {
-    let decade = 10f64.powf(ms.log10().floor());
-    [5.0, 2.0, 1.0]
-        .into_iter()
-        .map(|m| m * decade)
-        .find(|&bound| bound <= ms)
-        .unwrap_or(decade)
+/// The power of ten at most `ms`: where the log axis starts (plotters marks a log axis from
+/// a power of ten on).
+fn decade_below(ms: f64) -> f64 {
+    10f64.powf(ms.log10().floor())
 }
 
 /// The smallest 1, 2 or 5 times a power of ten at least `ms`: where the log axis ends.
