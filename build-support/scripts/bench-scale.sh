@@ -99,7 +99,7 @@ for run in $runs; do
   log "$run: warm-up, 1000 flows"
   load --concurrency 16 --users 1000 >/dev/null
   log "$run: idle, 200 flows at 20 calls/s"
-  load --concurrency 1 --rate 20 --users 200 >"$out/$name-idle.json"
+  load --rate 20 --users 200 >"$out/$name-idle.json"
   log "$run: peak, concurrency 64 for ${seconds}s"
   load --concurrency 64 --duration "$seconds" >"$out/$name-peak.json"
   rss=0

@@ -4,15 +4,18 @@
 # namespace bench-<run>, where <run> is random; all removed at the end), then runs, against the
 # local PostgreSQL and RabbitMQ on this machine:
 #   1. a warm-up (2000 flows, not reported);
-#   2. idle: one call at a time, 20 calls per second (flows barely overlap);
+#   2. idle: 20 calls per second, open loop (flows barely overlap);
 #   3. peak: concurrency 64, as fast as it goes, for BENCH_SECONDS (default 30);
 #   4. steady: a fixed rate of half the peak's completed flows per second, for BENCH_SECONDS;
-#   5. back-pressure: the user service restarted with CREATE_USER_MAX_BACKLOG=BENCH_BACKLOG
+#   5. sweep: open-loop rates from 10% to 120% of the peak in BENCH_SWEEP_STEPS (default 8) steps
+#      of BENCH_SWEEP_SECONDS each (default BENCH_SECONDS/6, at least 2; BENCH_SWEEP_STEPS=0
+#      skips it), drawn as latency-throughput.svg beside the runs' JSON (`loadgen plot`);
+#   6. back-pressure: the user service restarted with CREATE_USER_MAX_BACKLOG=BENCH_BACKLOG
 #      (default 64 flows waiting in the chain), and the peak again: the e2e latency of the
 #      accepted calls and the share refused with RESOURCE_EXHAUSTED;
-#   6. slow gateway: the payment service restarted with GATEWAY_LATENCY=BENCH_GATEWAY_LATENCY
+#   7. slow gateway: the payment service restarted with GATEWAY_LATENCY=BENCH_GATEWAY_LATENCY
 #      (default 100ms, a real provider's answer time), and the peak again;
-#   7. `loadgen ceiling`: the same durable work without the services;
+#   8. `loadgen ceiling`: the same durable work without the services;
 # and prints one table against the targets, with each service's peak RSS and where the CPU went
 # during the peak run. Exits 1 when a run loses or duplicates a flow.
 #
@@ -27,7 +30,7 @@
 # pairs of runs alternate between the builds, this tree's first: its idle and peak runs, then
 # the baseline's, so that machine drift hits both; one stack is under load at a time while the
 # other waits idle. Both are driven by this tree's loadgen, so the comparison measures the
-# services only. The baseline is then stopped, and steps 4-7 measure this tree alone. The table
+# services only. The baseline is then stopped, and steps 4-8 measure this tree alone. The table
 # gains the baseline's figures beside this tree's (the median over the pairs) and their ratio,
 # each pair's ratio in parentheses.
 set -euo pipefail
@@ -38,6 +41,11 @@ gateway_latency=${BENCH_GATEWAY_LATENCY:-100ms}
 backlog=${BENCH_BACKLOG:-64}
 postgres=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 baseline_rev=${BENCH_BASELINE:-}
+sweep_steps=${BENCH_SWEEP_STEPS:-8}
+sweep_seconds=${BENCH_SWEEP_SECONDS:-$((seconds / 6 > 2 ? seconds / 6 : 2))}
+[[ $sweep_steps =~ ^[0-9]+$ ]] || { echo "BENCH_SWEEP_STEPS must be a number, not $sweep_steps" >&2; exit 2; }
+[[ $sweep_seconds =~ ^[1-9][0-9]*$ ]] ||
+  { echo "BENCH_SWEEP_SECONDS must be a positive number, not $sweep_seconds" >&2; exit 2; }
 pairs=1
 if [[ -n $baseline_rev ]]; then
   pairs=${BENCH_PAIRS:-2}
@@ -155,8 +163,9 @@ wait_serving() {
 load() {
   local stack=$1
   shift
-  if ! BUS_NAMESPACE=${namespace[$stack]} "$tools/loadgen" \
-    --user-addr "http://127.0.0.1:${ports[$stack/user-service]}" --json "$@" 2>"$out/loadgen.err"; then
+  # The arguments first: they may name a subcommand (sweep).
+  if ! BUS_NAMESPACE=${namespace[$stack]} "$tools/loadgen" "$@" \
+    --user-addr "http://127.0.0.1:${ports[$stack/user-service]}" --json 2>"$out/loadgen.err"; then
     tr '\r' '\n' <"$out/loadgen.err" | tail -n 5 >&2
     return 1
   fi
@@ -200,8 +209,8 @@ done
 for pair in $(seq 1 "$pairs"); do
   for stack in "${stacks[@]}"; do
     label=${baseline_rev:+pair $pair/$pairs, $stack, }
-    log "${label}idle: 200 flows, one call at a time, 20 calls/s"
-    load "$stack" --concurrency 1 --rate 20 --users 200 >"$out/idle-$stack-$pair.json"
+    log "${label}idle: 200 flows, 20 calls/s"
+    load "$stack" --rate 20 --users 200 >"$out/idle-$stack-$pair.json"
     log "${label}peak: concurrency 64 for ${seconds}s"
     snapshot "$stack" >"$out/cpu-before-$stack.json"
     load "$stack" --concurrency 64 --duration "$seconds" >"$out/peak-$stack-$pair.json"
@@ -215,13 +224,39 @@ if [[ -n $baseline_rev ]]; then
     "$baseline_rev" "$commit" "$pairs" >"$out/baseline.json"
 fi
 
-rate=$(python3 -c '
+peak=$(python3 -c '
 import json, statistics, sys
-peaks = [json.load(open(path))["completed_per_second"] for path in sys.argv[1:]]
-print(max(1, round(statistics.median(peaks) / 2)))' "$out"/peak-current-*.json)
+print(statistics.median(json.load(open(path))["completed_per_second"] for path in sys.argv[1:]))' \
+  "$out"/peak-current-*.json)
+rate=$(python3 -c 'import sys; print(max(1, round(float(sys.argv[1]) / 2)))' "$peak")
 log "steady: ${rate} calls/s (half the peak) for ${seconds}s"
-load current --concurrency 64 --rate "$rate" --duration "$seconds" >"$out/steady.json"
+load current --rate "$rate" --duration "$seconds" >"$out/steady.json"
 peak_rss current >"$out/rss.json"
+
+# What the user service runs with: the variable as this environment passes it on, else the
+# default its --help gives.
+setting() {
+  local name=$1
+  if [[ -n ${!name:-} ]]; then
+    echo "$name=${!name}"
+    return
+  fi
+  echo "$name=$("${bin[current]}/user-service" --help | awk -v env="[env: $name=" '
+    index($0, env) { found = 1; next }
+    found && /\[default: / { sub(/.*\[default: /, ""); sub(/\].*/, ""); print; exit }')"
+}
+if ((sweep_steps > 0)); then
+  log "sweep: $sweep_steps open-loop steps from 10% to 120% of the peak ($(printf '%.0f' "$peak") flows/s), ${sweep_seconds}s each"
+  head=$(git rev-parse --short HEAD)
+  git diff --quiet HEAD 2>/dev/null || head+=" with local changes"
+  load current sweep --peak "$peak" --steps "$sweep_steps" --from 0.1 --to 1.2 --step-seconds "$sweep_seconds" \
+    --note "$(setting CREATE_USER_MAX_BACKLOG)" --note "$(setting CREATE_USER_BATCH_MAX)" \
+    --note "$(setting QUEUE_TYPE)" --note "RUST_LOG=$RUST_LOG" \
+    --note "peak: median of the C=64 runs of ${seconds}s" \
+    --note "$(nproc) cores, Linux $(uname -r)" --note "$(date -u +%Y-%m-%d), commit $head" \
+    >"$out/sweep.json"
+  "$tools/loadgen" plot "$out/sweep.json" -o "$out/latency-throughput.svg"
+fi
 
 log "back-pressure: user-service with CREATE_USER_MAX_BACKLOG=$backlog, concurrency 64 for ${seconds}s"
 stop_service current user-service
@@ -248,4 +283,8 @@ log "ceiling"
 echo
 echo "benchmark: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $(uname -r), release build, RUST_LOG=$RUST_LOG"
 python3 build-support/scripts/bench_report.py table "$out"
-echo "(the runs' JSON: $out)"
+if ((sweep_steps > 0)); then
+  echo "(the runs' JSON: $out; the sweep's plot: $out/latency-throughput.svg)"
+else
+  echo "(the runs' JSON: $out)"
+fi

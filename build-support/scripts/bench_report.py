@@ -8,7 +8,8 @@ The snapshot sums user+system time per group: the PostgreSQL server (every `post
 process), RabbitMQ (`beam.smp`), and each service by the pids given; the machine's busy time
 comes from /proc/stat. The table compares this tree's runs with a baseline's when bench.sh ran
 one (`baseline.json` in DIR): figures are medians over the pairs of runs, ratios this tree's
-over the baseline's. Only the standard library is used.
+over the baseline's; then the open-loop sweep's steps (`sweep.json`), when it ran. Only the
+standard library is used.
 """
 
 import glob
@@ -192,7 +193,7 @@ def table(directory):
     rate = current.idle[0].get("rate")
     milliseconds = lambda value: f"{value:.1f} ms"
     row(
-        f"idle e2e p50 (C=1, {rate:.0f} calls/s)",
+        f"idle e2e p50 ({rate:.0f} calls/s)",
         milliseconds(idle_p50_ms),
         f"<= 2 x hop sum = {2 * hop_sum:.1f} ms",
         meets(idle_p50_ms <= 2 * hop_sum),
@@ -200,7 +201,7 @@ def table(directory):
     )
     if baseline is not None:
         row(
-            f"idle e2e p99 (C=1, {rate:.0f} calls/s)",
+            f"idle e2e p99 ({rate:.0f} calls/s)",
             milliseconds(current.median("idle", e2e_p99)),
             **side("idle", e2e_p99, milliseconds),
         )
@@ -253,8 +254,10 @@ def table(directory):
             base=mebibytes(theirs) if theirs else "",
             ratios=f"{kib / theirs:.3f} x" if theirs else "",
         )
+    sweep = load(path("sweep.json")) if os.path.exists(path("sweep.json")) else None
+    swept = sweep["steps"] if sweep else []
     consistent = all(
-        run["consistent"] for run in current.idle + current.peak + [steady, pushed, slow]
+        run["consistent"] for run in current.idle + current.peak + [steady, pushed, slow] + swept
     )
     base_consistent = baseline is None or all(run["consistent"] for run in baseline.idle + baseline.peak)
     row(
@@ -285,6 +288,9 @@ def table(directory):
 
     print()
     cpu_table(concurrency, current, baseline)
+    if sweep:
+        print()
+        sweep_table(sweep)
     return 0 if consistent and base_consistent else 1
 
 
@@ -321,6 +327,24 @@ def cpu_table(concurrency, current, baseline):
     width = max(len(line[0]) for line in lines)
     for name, mine, theirs in lines:
         print(f"{name:<{width}}  {mine:>8}  {theirs:>8}")
+
+
+def sweep_table(sweep):
+    """The open-loop sweep, a step a line: what was offered, what completed, at what latency."""
+    steps = sweep["steps"]
+    print(
+        f"open-loop sweep: {len(steps)} steps of {sweep['step_seconds']} s, rates offered as shares "
+        f"of the peak ({sweep['peak_flows_per_second']:.0f} flows/s)"
+    )
+    print("  " + ", ".join(sweep["notes"]))
+    print(f"{'offered/s':>10} {'of peak':>8} {'completed/s':>12} {'e2e p50':>10} {'e2e p99':>10} {'refused':>8} {'failed':>7}")
+    for step in steps:
+        latency = step["end_to_end_latency"]
+        print(
+            f"{step['rate']:>10.0f} {100 * step['share_of_peak']:>7.0f}% {step['completed_per_second']:>12.0f} "
+            f"{latency['p50_ms']:>7.1f} ms {latency['p99_ms']:>7.1f} ms "
+            f"{100 * step['rejected_share']:>7.1f}% {step['failed']:>7}"
+        )
 
 
 def main(argv):

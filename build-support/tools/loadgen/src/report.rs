@@ -1,13 +1,10 @@
-//! The numbers a run reports, and the progress line while it runs.
+//! The numbers a run reports.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::Observations;
+use crate::drive::{Observations, Pace};
 
 /// p50, p90, p99 and max of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -41,9 +38,12 @@ impl Percentiles {
 /// The result of a run.
 #[derive(Debug, Clone)]
 pub(crate) struct Report {
-    pub(crate) concurrency: usize,
-    /// Calls started per second, when the run had a fixed rate.
+    /// The callers of a closed-loop run.
+    pub(crate) concurrency: Option<usize>,
+    /// Calls started per second, when the run was open loop.
     pub(crate) rate: Option<f64>,
+    /// The most calls in flight at once.
+    pub(crate) in_flight_max: usize,
     pub(crate) accepted: usize,
     /// Calls the service rejected as saturated (`RESOURCE_EXHAUSTED`); they created no user.
     pub(crate) rejected: u64,
@@ -66,7 +66,7 @@ impl Report {
         observations: &Observations,
         started: Instant,
         created_in: Duration,
-        concurrency: usize,
+        pace: Pace,
     ) -> Self {
         let (sent, completed) = (&observations.sent, &observations.completed);
         let mut end_to_end = Vec::new();
@@ -85,9 +85,14 @@ impl Report {
         }
         let completed_count = end_to_end.len();
         let flows_window = last.saturating_duration_since(started).as_secs_f64();
+        let (concurrency, rate) = match pace {
+            Pace::Closed { concurrency } => (Some(concurrency), None),
+            Pace::Open { rate } => (None, Some(rate)),
+        };
         Self {
             concurrency,
-            rate: None,
+            rate,
+            in_flight_max: observations.in_flight_max,
             accepted: sent.len(),
             rejected: observations.rejected,
             failed: observations.failed,
@@ -128,7 +133,7 @@ impl Report {
             )
         };
         format!(
-            "concurrency            {}{}\n\
+            "{}\n\
              accepted calls         {}, {:.1}/s\n\
              rejected calls         {} ({:.1}% of {} calls: RESOURCE_EXHAUSTED, no user created)\n\
              failed calls           {}{}\n\
@@ -136,10 +141,14 @@ impl Report {
              consistency            {} missing, {} duplicated: {}\n\
              latency (ms)                 p50       p90       p99       max\n\
              {}{}",
-            self.concurrency,
-            self.rate
-                .map(|rate| format!(", calls started at {rate}/s"))
-                .unwrap_or_default(),
+            match (self.concurrency, self.rate) {
+                (Some(concurrency), _) => format!("concurrency            {concurrency}"),
+                (None, rate) => format!(
+                    "open loop              calls started at {}/s, at most {} in flight",
+                    rate.unwrap_or_default(),
+                    self.in_flight_max
+                ),
+            },
             self.accepted,
             self.accepted_per_second,
             self.rejected,
@@ -165,6 +174,7 @@ impl Report {
         json!({
             "concurrency": self.concurrency,
             "rate": self.rate,
+            "in_flight_max": self.in_flight_max,
             "accepted": self.accepted,
             "calls": self.calls(),
             "rejected": self.rejected,
@@ -183,27 +193,15 @@ impl Report {
     }
 }
 
-/// Prints a progress line to stderr every 200 ms; never returns.
-pub(crate) async fn progress(observations: Arc<Mutex<Observations>>, started: Instant) {
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        tick.tick().await;
-        let (accepted, rejected, completed) = {
-            let o = observations.lock().unwrap_or_else(|e| e.into_inner());
-            (o.sent.len(), o.rejected, o.completed.len())
-        };
-        eprint!(
-            "\r{:>6.1}s  accepted {accepted:>7}  rejected {rejected:>7}  completed {completed:>7}",
-            started.elapsed().as_secs_f64()
-        );
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    fn closed(concurrency: usize) -> Pace {
+        Pace::Closed { concurrency }
+    }
 
     #[test]
     fn nearest_rank_percentiles() {
@@ -230,7 +228,7 @@ mod tests {
             ..Observations::default()
         };
 
-        let report = Report::new(&observations, start, Duration::from_secs(1), 1);
+        let report = Report::new(&observations, start, Duration::from_secs(1), closed(1));
 
         assert_eq!(
             (report.completed, report.missing, report.duplicated),
@@ -253,9 +251,10 @@ mod tests {
             rejected: 6,
             failed: 2,
             first_failure: Some("Unavailable: connection refused".to_owned()),
+            ..Observations::default()
         };
 
-        let report = Report::new(&observations, start, Duration::from_secs(1), 64);
+        let report = Report::new(&observations, start, Duration::from_secs(1), closed(64));
 
         assert!(report.consistent(), "{report:?}");
         assert_eq!((report.calls(), report.rejected, report.failed), (10, 6, 2));
@@ -282,7 +281,7 @@ mod tests {
             &Observations::default(),
             Instant::now(),
             Duration::from_secs(1),
-            1,
+            closed(1),
         );
 
         assert_eq!((report.calls(), report.rejected_share()), (0, 0.0));
