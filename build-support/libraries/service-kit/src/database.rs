@@ -30,7 +30,13 @@ pub async fn connect_and_migrate(
     migrator: Migrator,
 ) -> anyhow::Result<PgPool> {
     let options = PgConnectOptions::from_str(url.expose_secret())
-        .context("DATABASE_URL is not a valid Postgres URL")?;
+        .context("DATABASE_URL is not a valid Postgres URL")?
+        // Every statement planned for its own parameters. After a few runs Postgres may keep a
+        // prepared statement's generic plan for as long as its connection lives; one made
+        // while a table was small scans the whole table ever after. The set-based
+        // `= any($1)` statements did so on every batch of a fresh stack, the longer it ran the
+        // costlier (test `plans` of the order service).
+        .options([("plan_cache_mode", "force_custom_plan")]);
     create_database_if_missing(&options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)

@@ -11,4 +11,5 @@ mod consuming;
 mod helpers;
 mod hostile;
 mod inbox_retention;
+mod plans;
 mod process;
