@@ -9,6 +9,7 @@
 
 mod ceiling;
 mod drive;
+mod plan;
 mod plot;
 mod progress;
 mod refusal;
@@ -20,7 +21,7 @@ use clap::Parser;
 use lapin::{Connection, ConnectionProperties};
 use messaging::BrokerAddresses;
 
-use crate::drive::{Extent, Pace, Plan};
+use crate::plan::{Extent, Pace, Plan};
 
 /// Load a running stack and measure it.
 #[derive(Debug, Parser)]

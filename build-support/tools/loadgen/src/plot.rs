@@ -247,7 +247,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        drive::{Observations, Pace},
+        plan::{Observations, Pace},
         report::Report,
         sweep,
     };

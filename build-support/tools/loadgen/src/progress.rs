@@ -8,7 +8,7 @@ use std::{
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::drive::{Extent, Observations};
+use crate::plan::{Extent, Observations};
 
 /// Steps of the bar of a run that lasts a time: tenths of a second.
 const TICKS_PER_SECOND: u64 = 10;

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::drive::{Observations, Pace};
+use crate::plan::{Observations, Pace};
 
 /// p50, p90, p99 and max of a set of durations, in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -6,8 +6,8 @@
 use serde_json::json;
 
 use crate::{
-    StackArgs,
-    drive::{self, Extent, Pace, Plan},
+    StackArgs, drive,
+    plan::{Extent, Pace, Plan},
     report::Report,
 };
 
