@@ -175,6 +175,15 @@ fn collect_exprs(node: &serde_json::Value, into: &mut Vec<String>) {
 /// matchers, ranges and the label lists of `by`, `without`, `on`, `ignoring` and `group_*` are
 /// gone, except functions (an identifier before `(`), aggregations and keywords.
 fn metric_names(expr: &str) -> BTreeSet<String> {
+    // Followed by a list of labels, not of names.
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
     // The aggregations among them, which `by (…)` may part from their parenthesis.
     const KEYWORDS: &[&str] = &[
         "and",
@@ -182,12 +191,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         "unless",
         "bool",
         "offset",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
         "sum",
         "min",
         "max",
@@ -200,14 +203,6 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
         "bottomk",
         "topk",
         "quantile",
-    ];
-    const LABEL_LISTS: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
     ];
     // Strings, label matchers and ranges out.
     let mut plain = String::new();
