@@ -109,3 +109,29 @@ async fn a_row_its_process_never_dispatched_is_left_to_the_relays_until_its_leas
     drop(tx);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn a_relay_that_stops_deletes_every_row_the_broker_confirmed_first() {
+    // Arrange: rows dispatched just before the stop, their confirms still to be gathered.
+    let app = spawn_app_with_broker(&broker_url_at(unused_port())).await;
+    let mut events = app.capture("user_created").await;
+    let relay = Relay::start(&app, |relay| {
+        relay.with_poll_interval(Duration::from_secs(3600))
+    });
+    let envelopes: Vec<_> = (0..20).map(|_| user_created()).collect();
+    for envelope in &envelopes {
+        commit(&app, &relay.dispatcher, envelope).await;
+        relay.dispatcher.dispatch(vec![envelope.clone()]);
+    }
+
+    // Act
+    relay.stop().await;
+
+    // Assert: every row published once and, by the time the relay has stopped, deleted: none
+    // is left for a relay to publish again once its lease is over.
+    for _ in &envelopes {
+        next_delivery(&mut events).await;
+    }
+    assert_eq!(app.outbox_rows().await, 0);
+    assert_no_more_deliveries(&mut events, Duration::from_millis(500)).await;
+}

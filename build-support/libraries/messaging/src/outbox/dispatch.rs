@@ -3,7 +3,8 @@
 //!
 //! Rows written through a [`Dispatcher`] are leased to their process: their `next_attempt_at`
 //! lies [`DISPATCH_LEASE`] ahead, so no relay's claim (`next_attempt_at <= now()`) takes them
-//! while they are on their way. Once published and confirmed they are deleted; a publish that
+//! while they are on their way. Once published and confirmed they are deleted (together with the
+//! other rows confirmed within [`super::REMOVE_DELAY`], in one statement); a publish that
 //! failed reschedules its row like the relay does; a process that dies in between leaves its
 //! rows to whichever relay claims them when the lease is over. A row is thus deleted only after
 //! the broker's confirm, and never lost.
@@ -108,22 +109,38 @@ pub(super) fn gather(
     rows
 }
 
-/// Publishes dispatched rows and waits for their confirms, then deletes the acked rows in one
-/// statement and reschedules the rest, outside any transaction: the rows are this process's
-/// until their lease ends.
+/// Publishes dispatched rows and waits for their confirms, and reschedules the rows the broker
+/// did not take, outside any transaction: the rows are this process's until their lease ends.
+/// The acked rows are returned for [`remove_confirmed`], which the relay runs for the acks of
+/// many passes at once.
 pub(super) async fn publish(
     pool: &PgPool,
     publisher: &Publisher,
     service: &str,
     rows: &[Envelope],
-) -> Result<RelayOutcome, sqlx::Error> {
+) -> Result<(RelayOutcome, Vec<Uuid>), sqlx::Error> {
     let outcomes = publisher.publish_batch(rows).await;
     let (published, failed) = sort_outcomes(service, rows, outcomes);
     for (message_id, error) in &failed {
         reschedule(pool, *message_id, error).await?;
     }
-    let deleted = remove_published(pool, &published).await?;
-    if let Some(twice) = published.len().checked_sub(deleted).filter(|n| *n > 0) {
+    let outcome = RelayOutcome {
+        claimed: rows.len(),
+        published: published.len(),
+        failed: failed.len(),
+    };
+    Ok((outcome, published))
+}
+
+/// Deletes dispatched rows the broker confirmed, in one statement, and counts those a relay
+/// published meanwhile (their lease was over, so they were gone already).
+pub(super) async fn remove_confirmed(
+    pool: &PgPool,
+    service: &str,
+    confirmed: &[Uuid],
+) -> Result<usize, sqlx::Error> {
+    let deleted = remove_published(pool, confirmed).await?;
+    if let Some(twice) = confirmed.len().checked_sub(deleted).filter(|n| *n > 0) {
         // A relay claimed them once their lease was over, and published them too.
         tracing::debug!(
             rows = twice,
@@ -132,11 +149,7 @@ pub(super) async fn publish(
         metrics::counter!("outbox_published_twice_total", "service" => service.to_owned())
             .increment(twice as u64);
     }
-    Ok(RelayOutcome {
-        claimed: rows.len(),
-        published: published.len(),
-        failed: failed.len(),
-    })
+    Ok(deleted)
 }
 
 /// Ends the lease of rows that cannot be dispatched (no broker connection): the relay takes

@@ -40,6 +40,10 @@ const PIPELINE: usize = 3;
 const VACUUM_AFTER_ROWS: usize = 10_000;
 /// How long a stopped relay keeps publishing what the writers still commit.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the confirms of dispatched rows are gathered before their rows are deleted, in one
+/// statement for all of them: under load, one delete for many passes instead of one each. The
+/// rows stay leased meanwhile (far shorter than [`DISPATCH_LEASE`]), so no relay takes them.
+pub const REMOVE_DELAY: Duration = Duration::from_millis(20);
 /// Longest back-off between two attempts at one row.
 const MAX_BACKOFF_SECS: f64 = 30.0;
 
@@ -212,7 +216,8 @@ impl From<OutboxRow> for Envelope {
 pub struct RelayOutcome {
     /// Rows claimed.
     pub claimed: usize,
-    /// Rows the broker acked, now deleted.
+    /// Rows the broker acked: deleted by the pass, or for dispatched rows, with the others
+    /// confirmed within [`REMOVE_DELAY`].
     pub published: usize,
     /// Rows rescheduled with back-off.
     pub failed: usize,
@@ -237,11 +242,56 @@ enum Found {
     Claimed,
     /// Handed over by the [`Dispatcher`].
     Dispatched,
+    /// Dispatched rows the broker confirmed, deleted.
+    Removed,
 }
 
-/// A pass in flight.
-type Pass<'a> =
-    Pin<Box<dyn Future<Output = (Found, Result<RelayOutcome, sqlx::Error>)> + Send + 'a>>;
+/// A pass in flight, and what it did: with the dispatched rows the broker confirmed, which
+/// are still to be deleted.
+type Pass<'a> = Pin<
+    Box<dyn Future<Output = (Found, Result<(RelayOutcome, Vec<Uuid>), sqlx::Error>)> + Send + 'a>,
+>;
+
+/// Dispatched rows the broker confirmed, waiting to be deleted together.
+#[derive(Debug, Default)]
+struct Confirmed {
+    ids: Vec<Uuid>,
+    /// When the oldest of them has waited [`REMOVE_DELAY`].
+    since: Option<tokio::time::Instant>,
+}
+
+impl Confirmed {
+    fn add(&mut self, ids: Vec<Uuid>) {
+        if ids.is_empty() {
+            return;
+        }
+        self.since
+            .get_or_insert_with(|| tokio::time::Instant::now() + REMOVE_DELAY);
+        self.ids.extend(ids);
+    }
+
+    /// The ids to delete now: once the oldest has waited [`REMOVE_DELAY`], or once there are
+    /// `enough`.
+    fn take_if_ready(&mut self, enough: usize) -> Option<Vec<Uuid>> {
+        let ready = self.ids.len() >= enough
+            || self
+                .since
+                .is_some_and(|at| at <= tokio::time::Instant::now());
+        if self.ids.is_empty() || !ready {
+            return None;
+        }
+        self.since = None;
+        Some(std::mem::take(&mut self.ids))
+    }
+
+    /// Resolves when the oldest has waited [`REMOVE_DELAY`]; never while there is none.
+    async fn due(&self) {
+        match self.since {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+}
 
 impl OutboxRelay {
     /// A relay with batches of 256 and a 2-second fallback poll.
@@ -289,12 +339,15 @@ impl OutboxRelay {
     }
 
     /// Relays until `stop` is cancelled; the batches in flight, and what is dispatched until
-    /// every dispatcher is dropped (for up to 5 s), are finished first. Publishes dispatched rows as they come; claims due rows
-    /// on NOTIFY, on a (re)connection to the broker, and on the fallback poll.
+    /// every dispatcher is dropped (for up to 5 s), are finished first. Publishes dispatched
+    /// rows as they come; claims due rows on NOTIFY, on a (re)connection to the broker, and on
+    /// the fallback poll.
     ///
     /// Passes are pipelined: while one waits for the broker's confirms, the next starts (up to
     /// a few at once); a claim takes only rows no pass holds. A row is thus published as soon
-    /// as it is committed, not after the confirms of the batch before it.
+    /// as it is committed, not after the confirms of the batch before it. The dispatched rows
+    /// the broker confirmed are deleted together, by one statement for the confirms of up to
+    /// [`REMOVE_DELAY`] (or a batch of rows), instead of one per pass.
     pub async fn run(mut self, stop: CancellationToken) {
         let mut listener = self.listen().await;
         let mut bus = self.bus.watch();
@@ -306,11 +359,17 @@ impl OutboxRelay {
         // Whether rows may be due that no pass has looked for yet.
         let mut due = true;
         let mut deleted = 0;
+        let mut confirmed = Confirmed::default();
         loop {
             if deleted >= self.vacuum_after {
                 deleted = 0;
                 // Beside the passes, never in their way.
                 tokio::spawn(vacuum(self.pool.clone()));
+            }
+            if passes.len() < PIPELINE
+                && let Some(ids) = confirmed.take_if_ready(self.batch_size)
+            {
+                passes.push(self.remove_pass(ids));
             }
             if due && passes.len() < PIPELINE {
                 let connected = bus.borrow_and_update().clone();
@@ -318,7 +377,8 @@ impl OutboxRelay {
                     due = false;
                     let this = &self;
                     passes.push(Box::pin(async move {
-                        (Found::Claimed, this.relay_batch(&publisher).await)
+                        let outcome = this.relay_batch(&publisher).await;
+                        (Found::Claimed, outcome.map(|outcome| (outcome, Vec::new())))
                     }));
                 }
             }
@@ -329,8 +389,11 @@ impl OutboxRelay {
                     passes.push(self.dispatch_pass(&bus, rows));
                 }
                 Some((found, outcome)) = passes.next(), if !passes.is_empty() => match outcome {
-                    Ok(outcome) => {
-                        deleted += outcome.published;
+                    Ok((outcome, acked)) => {
+                        confirmed.add(acked);
+                        if found != Found::Dispatched {
+                            deleted += outcome.published;
+                        }
                         // A full batch: more may be waiting.
                         if found == Found::Claimed
                             && outcome.claimed == self.batch_size
@@ -343,6 +406,7 @@ impl OutboxRelay {
                         tracing::warn!(%error, "outbox relay pass failed; retrying on the next wake-up");
                     }
                 },
+                _ = confirmed.due(), if passes.len() < PIPELINE => {}
                 _ = bus_changed(&mut bus) => due = true,
                 _ = notified(&mut listener) => due = true,
                 _ = tokio::time::sleep(self.poll_interval) => due = true,
@@ -362,7 +426,11 @@ impl OutboxRelay {
                     }
                     None => break,
                 },
-                Some(_) = passes.next(), if !passes.is_empty() => {}
+                Some((_, outcome)) = passes.next(), if !passes.is_empty() => {
+                    if let Ok((_, acked)) = outcome {
+                        confirmed.add(acked);
+                    }
+                }
                 _ = &mut grace => break,
             }
         }
@@ -371,7 +439,19 @@ impl OutboxRelay {
             let rows = dispatch::gather(first, &mut dispatched, self.batch_size);
             passes.push(self.dispatch_pass(&bus, rows));
         }
-        while passes.next().await.is_some() {}
+        while let Some((_, outcome)) = passes.next().await {
+            if let Ok((_, acked)) = outcome {
+                confirmed.add(acked);
+            }
+        }
+        // What the broker confirmed is deleted before the relay ends: left, it would be
+        // published again once its lease is over.
+        if let Some(ids) = confirmed.take_if_ready(0) {
+            let (_, outcome) = self.remove_pass(ids).await;
+            if let Err(error) = outcome {
+                tracing::warn!(%error, "cannot delete the confirmed outbox rows; a relay will publish them again");
+            }
+        }
         tracing::info!("outbox relay stopped");
     }
 
@@ -390,9 +470,26 @@ impl OutboxRelay {
                 }
                 None => dispatch::release(&self.pool, &rows)
                     .await
-                    .map(|()| RelayOutcome::default()),
+                    .map(|()| (RelayOutcome::default(), Vec::new())),
             };
             (Found::Dispatched, outcome)
+        })
+    }
+
+    /// A pass deleting dispatched rows the broker confirmed. A failure leaves them to their
+    /// lease's end, after which a relay publishes them again (the same `message_id`).
+    fn remove_pass<'a>(&'a self, ids: Vec<Uuid>) -> Pass<'a> {
+        Box::pin(async move {
+            let outcome = dispatch::remove_confirmed(&self.pool, self.bus.app_id(), &ids)
+                .await
+                .map(|deleted| {
+                    let outcome = RelayOutcome {
+                        published: deleted,
+                        ..RelayOutcome::default()
+                    };
+                    (outcome, Vec::new())
+                });
+            (Found::Removed, outcome)
         })
     }
 
