@@ -71,7 +71,8 @@ impl UserService for UserApi {
             .writer
             .create(new_user, context)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+            .into_user();
         self.calls.add(1);
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),

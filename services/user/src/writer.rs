@@ -18,12 +18,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::{
-    domain::{NewUser, User},
-    repository::{self, CreateRequest, CreateUserError, CreatedBatch},
+    domain::NewUser,
+    repository::{self, CreateRequest, CreateUserError, CreatedBatch, Registered},
 };
 
 /// One call's answer.
-type Outcome = Result<User, CreateUserError>;
+type Outcome = Result<Registered, CreateUserError>;
 
 /// Hands CreateUser calls to the writer task. Clones share the task.
 #[derive(Debug, Clone)]

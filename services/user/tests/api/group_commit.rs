@@ -12,7 +12,7 @@ use test_support::{assert_no_more_deliveries, http_get, new_context, next_delive
 use tonic::Code;
 use user_service::{
     domain::{NewUser, Plan, User},
-    repository::{self, CreateRequest, CreateUserError},
+    repository::{self, CreateRequest, CreateUserError, Registered},
     writer::{self, Writer},
 };
 use uuid::Uuid;
@@ -36,7 +36,10 @@ async fn create_alone(app: &TestApp, call: CreateRequest) -> User {
     let mut created = repository::create_batch(&app.db, &[call], None)
         .await
         .expect("committed");
-    created.outcomes.remove(0).expect("created")
+    match created.outcomes.remove(0).expect("created") {
+        Registered::Created(user) => user,
+        replayed => panic!("not created: {replayed:?}"),
+    }
 }
 
 /// The user ids of the next `n` `user_created` events, and how often each came.
@@ -97,15 +100,24 @@ async fn each_call_of_a_batch_gets_its_own_answer_and_only_new_users_an_event() 
         .await
         .expect("committed");
 
-    // Assert: each call's own answer.
+    // Assert: each call's own answer, a new user told from a replay's.
     let outcomes = created.outcomes;
     assert_eq!(outcomes.len(), calls.len());
     let user = |at: usize| match &outcomes[at] {
-        Ok(user) => user.clone(),
+        Ok(Registered::Created(user)) => user.clone(),
+        Ok(Registered::Replayed(user)) => panic!("call {at} replayed user {}", user.user_id),
+        Err(error) => panic!("call {at} failed: {error}"),
+    };
+    let replayed = |at: usize| match &outcomes[at] {
+        Ok(Registered::Replayed(user)) => user.clone(),
+        Ok(Registered::Created(user)) => panic!("call {at} created user {}", user.user_id),
         Err(error) => panic!("call {at} failed: {error}"),
     };
     let refused = |at: usize| match &outcomes[at] {
-        Ok(user) => panic!("call {at} was answered with user {}", user.user_id),
+        Ok(registered) => panic!(
+            "call {at} was answered with user {}",
+            registered.user().user_id
+        ),
         Err(error) => error,
     };
     assert_eq!(user(0).email, "fresh-1@example.com");
@@ -116,11 +128,15 @@ async fn each_call_of_a_batch_gets_its_own_answer_and_only_new_users_an_event() 
         "of two calls with one address, the first wins"
     );
     assert!(matches!(refused(3), CreateUserError::EmailTaken));
-    assert_eq!(user(4), earlier, "a replay gets the committed original");
+    assert_eq!(replayed(4), earlier, "a replay gets the committed original");
     assert!(matches!(refused(5), CreateUserError::RequestIdReused));
     let new = user(6);
     assert_eq!(new.email, "new@example.com");
-    assert_eq!(user(7), new, "a replay gets the original of its own batch");
+    assert_eq!(
+        replayed(7),
+        new,
+        "a replay gets the original of its own batch"
+    );
     assert!(matches!(refused(8), CreateUserError::RequestIdReused));
     assert_eq!(user(9).email, "fresh-2@example.com");
     let inserted = [user(0), user(2), new, user(9)];
