@@ -12,6 +12,7 @@ use test_support::{assert_no_more_deliveries, http_get, new_context, next_delive
 use tonic::Code;
 use user_service::{
     domain::{NewUser, Plan, User},
+    flows::{FlowsInFlight, Slot},
     repository::{self, CreateRequest, CreateUserError, Registered},
     writer::{self, Writer},
 };
@@ -229,15 +230,22 @@ async fn a_call_whose_caller_went_away_is_written_and_the_writer_goes_on() {
     // Arrange: a call handed to a writer that is not running yet, then abandoned.
     let app = spawn_app().await;
     let (writer, writing) = Writer::new(app.db.clone(), 64, None);
-    let mut abandoned =
-        Box::pin(writer.create(new_user("gone@example.com", "Gone", None), new_context()));
+    let mut abandoned = Box::pin(writer.create(
+        new_user("gone@example.com", "Gone", None),
+        new_context(),
+        Slot::unlimited(),
+    ));
     assert!((&mut abandoned).now_or_never().is_none(), "handed over");
     drop(abandoned);
     let writing = tokio::spawn(writing);
 
     // Act
     let next = writer
-        .create(new_user("next@example.com", "Next", None), new_context())
+        .create(
+            new_user("next@example.com", "Next", None),
+            new_context(),
+            Slot::unlimited(),
+        )
         .await;
 
     // Assert
@@ -267,6 +275,7 @@ async fn the_writer_answers_every_call_it_took_before_it_ends() {
                     .create(
                         new_user(&format!("{name}@example.com"), name, None),
                         new_context(),
+                        Slot::unlimited(),
                     )
                     .await
             })
@@ -287,6 +296,51 @@ async fn the_writer_answers_every_call_it_took_before_it_ends() {
     }
     writing.await.expect("the writer ends");
     assert_eq!(app.user_rows().await, 3);
+}
+
+#[tokio::test]
+async fn the_writer_tracks_the_flow_of_each_call_that_created_a_user_and_of_no_other() {
+    // Arrange
+    let app = spawn_app().await;
+    let flows = FlowsInFlight::new(10, std::time::Duration::from_secs(60));
+    let (writer, writing) = Writer::new(app.db.clone(), 64, None);
+    let writing = tokio::spawn(writing);
+    let create = |email: &str, request_id: Option<Uuid>| {
+        writer.create(
+            new_user(email, "Ada", request_id),
+            new_context(),
+            flows.reserve().expect("a slot"),
+        )
+    };
+    let request_id = Uuid::new_v4();
+
+    // Act: a new user, its replay, a call whose address is taken, a call whose caller went
+    // away once it was handed over, and one more new user.
+    let created = create("ada@example.com", Some(request_id))
+        .await
+        .expect("created");
+    let replayed = create("ada@example.com", Some(request_id))
+        .await
+        .expect("replayed");
+    let taken = create("ADA@example.com", None).await;
+    let mut abandoned = Box::pin(create("gone@example.com", None));
+    assert!((&mut abandoned).now_or_never().is_none(), "handed over");
+    drop(abandoned);
+    let last = create("last@example.com", None).await.expect("created");
+
+    // Assert: the new users' flows, the abandoned call's included, and nothing else.
+    assert!(matches!(created, Registered::Created(_)), "{created:?}");
+    assert!(matches!(replayed, Registered::Replayed(_)), "{replayed:?}");
+    assert!(
+        matches!(taken, Err(CreateUserError::EmailTaken)),
+        "{taken:?}"
+    );
+    assert_eq!(flows.count(), 3);
+    assert!(flows.complete(created.user().user_id));
+    assert!(flows.complete(last.user().user_id));
+    assert_eq!(flows.count(), 1, "the abandoned call's user");
+    drop(writer);
+    writing.await.expect("the writer ends");
 }
 
 /// What one of the concurrent calls should get.
