@@ -1,101 +1,118 @@
 //! Back-pressure at the door: CreateUser is refused with `RESOURCE_EXHAUSTED` while more flows
-//! wait in the chain than the limit, instead of piling up work whose latency grows with the
+//! are in the chain than the limit, instead of piling up work whose latency grows with the
 //! length of the overload.
 //!
-//! What waits is read where it waits: this service's outbox rows (not yet taken by the broker)
-//! and the ready messages of every work queue of the chain (`user_created` for the order
-//! service, `order_created` for the payment service, `payment_processed` for the order
-//! service), by a passive declaration, the broker's own count. A probe runs every
-//! [`PROBE_INTERVAL`]; calls accepted since the last probe count too, so a burst cannot slip in
-//! between two probes. An accepted call is never refused later: its user and event are
-//! committed, and the bound on the backlog bounds how long it waits.
+//! The flows in the chain are counted two ways, and the larger count holds:
+//!
+//! - exactly, where they start and end: the flows this instance started and has not seen end
+//!   ([`FlowsInFlight`]), wherever they are, deliveries a consumer holds unacknowledged included;
+//! - as a floor, read where they wait: this service's outbox rows (not yet taken by the broker)
+//!   and the ready messages of every work queue of the chain (`user_created` for the order
+//!   service, `order_created` for the payment service, `payment_processed` for the order
+//!   service), by a passive declaration, the broker's own count, every [`PROBE_INTERVAL`]. It
+//!   counts what the exact count cannot: flows accepted before a restart, or by another
+//!   instance.
+//!
+//! An accepted call is never refused later: its user and event are committed, and the bound on
+//! the flows in flight bounds how long it waits.
 
 use std::{
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use messaging::{Bus, QueueProbe, topology};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// How often the backlog is read.
+use crate::flows::{FlowsInFlight, Slot};
+
+/// How often the queues and the outbox are read.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+/// How often flows past their expiry are forgotten.
+const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
 /// How long a refused client is asked to wait before it tries again (`google.rpc.RetryInfo`).
 pub const RETRY_AFTER: Duration = Duration::from_millis(100);
 
-/// The backlog of the chain and the admission of new flows against its limit.
+/// The flows in the chain and the admission of new ones against their limit.
 #[derive(Debug)]
 pub struct Backlog {
-    /// Flows allowed to wait in the chain; 0 admits everything.
+    /// Flows allowed in the chain; 0 admits everything.
     limit: u64,
-    /// What the last probe found.
+    /// This instance's flows, from their CreateUser to their `payment_processed`.
+    flows: Arc<FlowsInFlight>,
+    /// What the last probe of the queues and the outbox found.
     probed: AtomicU64,
-    /// Calls admitted since the last probe began.
-    admitted: AtomicU64,
 }
 
 impl Backlog {
-    /// A backlog admitting up to `limit` waiting flows (0: no limit).
-    pub fn new(limit: u64) -> Arc<Self> {
+    /// A backlog admitting up to `limit` flows in the chain (0: no limit), each tracked for at
+    /// most `expiry` without seeing its end.
+    pub fn new(limit: u64, expiry: Duration) -> Arc<Self> {
         Arc::new(Self {
             limit,
+            flows: FlowsInFlight::new(limit, expiry),
             probed: AtomicU64::new(0),
-            admitted: AtomicU64::new(0),
         })
     }
 
-    /// Whether one more flow may enter; when it may, it counts as waiting until the next probe
-    /// reads it.
-    pub fn admit(&self) -> bool {
+    /// A slot for one more flow, if the chain has room: hand it to the call's write, which
+    /// tracks the flow if the call creates a user and releases it otherwise.
+    pub fn admit(&self) -> Option<Slot> {
         if self.limit == 0 {
-            return true;
+            return Some(Slot::unlimited());
         }
-        let admitted = self.admitted.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.probed.load(Ordering::Acquire) + admitted > self.limit {
-            self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return false;
+        if self.probed.load(Ordering::Acquire) >= self.limit {
+            return None;
         }
-        true
+        self.flows.reserve()
     }
 
-    /// The flows allowed to wait (0: no limit).
+    /// The flows allowed in the chain (0: no limit).
     pub fn limit(&self) -> u64 {
         self.limit
     }
 
-    /// The flows waiting, as last estimated.
-    pub fn estimate(&self) -> u64 {
-        self.probed.load(Ordering::Acquire) + self.admitted.load(Ordering::Acquire)
+    /// This instance's flows, for the watcher of their ends.
+    pub fn flows(&self) -> &Arc<FlowsInFlight> {
+        &self.flows
     }
 
-    /// Reads the backlog every [`PROBE_INTERVAL`] until `stop`. A probe that fails (no broker,
-    /// no database) changes nothing, so what is admitted meanwhile keeps counting.
+    /// The flows in the chain, as admission counts them: the larger of the flows in flight and
+    /// the last probe.
+    pub fn estimate(&self) -> u64 {
+        self.flows.count().max(self.probed.load(Ordering::Acquire))
+    }
+
+    /// Reads the queues and the outbox every [`PROBE_INTERVAL`], and forgets expired flows,
+    /// until `stop`. A probe that fails (no broker, no database) changes nothing, so the flows
+    /// admitted meanwhile keep counting.
     pub async fn watch(self: Arc<Self>, pool: PgPool, bus: Bus, stop: CancellationToken) {
         if self.limit == 0 {
             return;
         }
         let mut queues = QueueProbe::default();
+        let mut swept = Instant::now();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             }
-            let before = self.admitted.load(Ordering::Acquire);
+            if swept.elapsed() >= EXPIRY_SWEEP {
+                swept = Instant::now();
+                self.flows.expire(swept);
+            }
             match probe(&pool, &bus, &mut queues).await {
-                Ok(waiting) => {
-                    self.probed.store(waiting, Ordering::Release);
-                    // What was admitted before the probe began is in its count now.
-                    self.admitted.fetch_sub(before, Ordering::AcqRel);
-                    metrics::gauge!("create_user_backlog").set(waiting as f64);
-                }
+                Ok(waiting) => self.probed.store(waiting, Ordering::Release),
                 Err(error) => {
                     tracing::debug!(error = format!("{error:#}"), "cannot read the backlog");
                 }
             }
+            metrics::gauge!("create_user_flows_in_flight").set(self.flows.count() as f64);
+            metrics::gauge!("create_user_backlog").set(self.estimate() as f64);
         }
     }
 }
@@ -118,22 +135,45 @@ async fn probe(pool: &PgPool, bus: &Bus, queues: &mut QueueProbe) -> anyhow::Res
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
+    const EXPIRY: Duration = Duration::from_secs(60);
+
     #[test]
-    fn admits_up_to_the_limit_counting_what_it_admitted_since_the_probe() {
-        let backlog = Backlog::new(3);
-        backlog.probed.store(1, Ordering::Release);
-        assert!(backlog.admit());
-        assert!(backlog.admit());
-        assert!(!backlog.admit(), "1 waiting + 2 admitted is the limit");
+    fn admits_up_to_the_limit_of_flows_in_flight_while_the_queues_look_empty() {
+        let backlog = Backlog::new(2, EXPIRY);
+        backlog.admit().expect("a slot").track(Uuid::new_v4());
+        let _writing = backlog.admit().expect("a slot");
+
+        assert!(
+            backlog.admit().is_none(),
+            "one tracked and one written is the limit"
+        );
+        assert_eq!(backlog.estimate(), 2);
+    }
+
+    #[test]
+    fn the_probe_is_a_floor_for_flows_this_instance_does_not_track() {
+        let backlog = Backlog::new(3, EXPIRY);
+        backlog.probed.store(2, Ordering::Release);
+        let _slot = backlog.admit().expect("2 waiting: room for one more");
+        assert_eq!(backlog.estimate(), 2, "the larger count, not their sum");
+
+        backlog.probed.store(3, Ordering::Release);
+
+        assert!(backlog.admit().is_none(), "the queues hold the limit");
         assert_eq!(backlog.estimate(), 3);
     }
 
     #[test]
-    fn no_limit_admits_everything() {
-        let backlog = Backlog::new(0);
+    fn no_limit_admits_everything_and_tracks_nothing() {
+        let backlog = Backlog::new(0, EXPIRY);
         backlog.probed.store(1_000_000, Ordering::Release);
-        assert!((0..100).all(|_| backlog.admit()));
+        for _ in 0..100 {
+            backlog.admit().expect("admitted").track(Uuid::new_v4());
+        }
+        assert_eq!(backlog.flows().count(), 0);
     }
 }

@@ -57,21 +57,22 @@ impl UserService for UserApi {
         let context = request_context::event_context(request.metadata())?;
         tracing::Span::current().record("correlation_id", context.correlation_id.as_str());
         let new_user = new_user(request.get_ref()).map_err(ApiError::InvalidArgument)?;
-        if !self.backlog.admit() {
+        let Some(slot) = self.backlog.admit() else {
             return Err(ApiError::ResourceExhausted {
                 message: format!(
-                    "the system is saturated (more than {} flows waiting); retry later",
+                    "the system is saturated (its limit of {} flows in the chain is reached); retry later",
                     self.backlog.limit()
                 ),
                 retry_after: backlog::RETRY_AFTER,
             }
             .into());
-        }
+        };
         let user = self
             .writer
-            .create(new_user, context)
+            .create(new_user, context, slot)
             .await
-            .map_err(ApiError::from)?;
+            .map_err(ApiError::from)?
+            .into_user();
         self.calls.add(1);
         Ok(Response::new(CreateUserResponse {
             user: Some(user.into()),

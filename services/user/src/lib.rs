@@ -3,7 +3,9 @@
 //! through the transactional outbox.
 
 pub mod backlog;
+pub mod completions;
 pub mod domain;
+pub mod flows;
 pub mod grpc;
 pub mod repository;
 pub mod settings;

@@ -93,11 +93,36 @@ pub struct CreateRequest {
     pub context: EventContext,
 }
 
+/// The user a CreateUser call is answered with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// The call created this user (and its `user_created` event): a new flow.
+    Created(User),
+    /// A call with the same `request_id` created this user before: a replay, nothing new.
+    Replayed(User),
+}
+
+impl Registered {
+    /// The user, however it came to be.
+    pub fn user(&self) -> &User {
+        match self {
+            Self::Created(user) | Self::Replayed(user) => user,
+        }
+    }
+
+    /// The user, however it came to be.
+    pub fn into_user(self) -> User {
+        match self {
+            Self::Created(user) | Self::Replayed(user) => user,
+        }
+    }
+}
+
 /// What one transaction of [`create_batch`] committed.
 #[derive(Debug)]
 pub struct CreatedBatch {
     /// Each call's answer, in the order of the calls.
-    pub outcomes: Vec<Result<User, CreateUserError>>,
+    pub outcomes: Vec<Result<Registered, CreateUserError>>,
     /// The `user_created` events of the users it created, committed in the outbox with them.
     pub events: Vec<Envelope>,
 }
@@ -105,8 +130,9 @@ pub struct CreatedBatch {
 /// Creates the users of `calls` and queues their `user_created` events in one transaction: one
 /// insert of every user, one look-up of the rows the calls that were not inserted ran into, one
 /// insert of the outbox rows (and a second insert and look-up only for a call whose conflicting
-/// row vanished in between). Each call gets its own answer: its new user; with a `request_id`
-/// seen before, the user that request created (even earlier in this batch), or
+/// row vanished in between). Each call gets its own answer: its new user
+/// ([`Registered::Created`]); with a `request_id` seen before, the user that request created
+/// (even earlier in this batch; [`Registered::Replayed`]), or
 /// [`CreateUserError::RequestIdReused`] when that request asked for something else;
 /// [`CreateUserError::EmailTaken`] when another user (even earlier in this batch) has the
 /// address. The error is the transaction's: nothing was written. With a `dispatcher`, the
@@ -171,7 +197,7 @@ pub async fn create_batch(
                     correlation_id = %call.context.correlation_id,
                     "user created"
                 );
-                Ok(user)
+                Ok(Registered::Created(user))
             }
             Some(Answer::Conflict(outcome)) => outcome,
             None => Err(CreateUserError::ConflictVanished),
@@ -188,7 +214,7 @@ enum Answer {
     /// It inserted this user.
     Created(User),
     /// It ran into an existing user: the answer that user makes.
-    Conflict(Result<User, CreateUserError>),
+    Conflict(Result<Registered, CreateUserError>),
 }
 
 /// Inserts the users of the calls at `positions` (into `calls`) in one statement, skipping those
@@ -263,7 +289,7 @@ async fn conflicts(
     connection: &mut PgConnection,
     calls: &[CreateRequest],
     positions: &[usize],
-) -> Result<Vec<(usize, Result<User, CreateUserError>)>, RepositoryError> {
+) -> Result<Vec<(usize, Result<Registered, CreateUserError>)>, RepositoryError> {
     if positions.is_empty() {
         return Ok(Vec::new());
     }
@@ -305,7 +331,7 @@ async fn conflicts(
         if row.same_request_id {
             // The request_id's user answers, whatever else the call ran into.
             let outcome = if row.same_request {
-                Ok(User::try_from(row.user)?)
+                Ok(Registered::Replayed(User::try_from(row.user)?))
             } else {
                 Err(CreateUserError::RequestIdReused)
             };

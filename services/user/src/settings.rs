@@ -1,5 +1,7 @@
 //! The user service's command line and environment.
 
+use std::time::Duration;
+
 use service_kit::{CommonArgs, ServiceDefaults, healthcheck::ServiceCommand};
 
 /// Name, database and port when nothing else is configured.
@@ -13,8 +15,11 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 
 /// Most CreateUser calls written in one transaction, unless configured.
 pub const DEFAULT_CREATE_USER_BATCH_MAX: usize = 64;
-/// Flows allowed to wait in the chain before CreateUser is refused, unless configured.
+/// Flows allowed in the chain before CreateUser is refused, unless configured.
 pub const DEFAULT_CREATE_USER_MAX_BACKLOG: u64 = 2000;
+/// How long a flow counts in flight without its `payment_processed` being seen, unless
+/// configured.
+pub const DEFAULT_CREATE_USER_FLOW_EXPIRY: Duration = Duration::from_secs(60);
 /// The largest `CREATE_USER_BATCH_MAX` taken: a batch is held in memory and sent as one
 /// statement's arrays, and a busy instance has no more calls in flight than
 /// `GRPC_CONCURRENCY_LIMIT` anyway.
@@ -48,14 +53,24 @@ pub struct Ingress {
         value_parser = batch_max
     )]
     pub create_user_batch_max: usize,
-    /// Flows allowed to wait in the chain (outbox rows and ready messages of the work queues)
-    /// before CreateUser answers RESOURCE_EXHAUSTED with a RetryInfo; 0 turns the limit off.
+    /// Flows allowed in the chain (the flows this instance started and has not seen end, or
+    /// the outbox rows and ready messages of the work queues, whichever is more) before
+    /// CreateUser answers RESOURCE_EXHAUSTED with a RetryInfo; 0 turns the limit off.
     #[arg(
         long,
         env = "CREATE_USER_MAX_BACKLOG",
         default_value_t = DEFAULT_CREATE_USER_MAX_BACKLOG
     )]
     pub create_user_max_backlog: u64,
+    /// How long a flow counts in flight without its payment_processed being seen (a charge
+    /// dead-lettered, an event lost): `60s`, `2m`.
+    #[arg(
+        long,
+        env = "CREATE_USER_FLOW_EXPIRY",
+        default_value = "60s",
+        value_parser = flow_expiry
+    )]
+    pub create_user_flow_expiry: Duration,
 }
 
 impl Default for Ingress {
@@ -63,6 +78,7 @@ impl Default for Ingress {
         Self {
             create_user_batch_max: DEFAULT_CREATE_USER_BATCH_MAX,
             create_user_max_backlog: DEFAULT_CREATE_USER_MAX_BACKLOG,
+            create_user_flow_expiry: DEFAULT_CREATE_USER_FLOW_EXPIRY,
         }
     }
 }
@@ -72,6 +88,15 @@ fn batch_max(raw: &str) -> Result<usize, String> {
         Ok(calls) if (1..=CREATE_USER_BATCH_LIMIT).contains(&calls) => Ok(calls),
         _ => Err(format!(
             "{raw:?} is not a number of calls from 1 to {CREATE_USER_BATCH_LIMIT}"
+        )),
+    }
+}
+
+fn flow_expiry(raw: &str) -> Result<Duration, String> {
+    match messaging::retry::parse_duration(raw.trim()) {
+        Some(expiry) if !expiry.is_zero() => Ok(expiry),
+        _ => Err(format!(
+            "{raw:?} is not a duration above zero, such as 60s or 2m"
         )),
     }
 }
@@ -97,6 +122,28 @@ mod tests {
         let cli = Cli::parse_from(["user-service", "--create-user-max-backlog", "0"]);
         assert_eq!(cli.ingress.create_user_max_backlog, 0);
         assert!(Cli::try_parse_from(["user-service", "--create-user-max-backlog=-1"]).is_err());
+    }
+
+    #[test]
+    fn flows_expire_after_60_seconds_unless_configured() {
+        assert_eq!(
+            Ingress::default().create_user_flow_expiry,
+            Duration::from_secs(60)
+        );
+        let cli = Cli::parse_from(["user-service", "--create-user-flow-expiry", "2m"]);
+        assert_eq!(
+            cli.ingress.create_user_flow_expiry,
+            Duration::from_secs(120)
+        );
+        for bad in ["0s", "soon", "-1s"] {
+            let flag = format!("--create-user-flow-expiry={bad}");
+            let error = Cli::try_parse_from(["user-service", flag.as_str()])
+                .expect_err("an invalid expiry");
+            assert!(
+                error.to_string().contains("CREATE_USER_FLOW_EXPIRY"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! the first request, then whatever else is already queued (up to the batch limit) without
 //! waiting for more, and writes them with [`repository::create_batch`]: an idle service commits
 //! each call at once, a busy one many calls per transaction.
+//!
+//! Each call comes with its [`Slot`] among the flows in flight. The task settles it with the
+//! call's outcome, before answering: the new user's flow is tracked if the call created one,
+//! and the slot released otherwise. So is a call whose caller went away: its user is created
+//! all the same, and counted.
 
 use std::{future::Future, sync::Arc};
 
@@ -18,12 +23,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use crate::{
-    domain::{NewUser, User},
-    repository::{self, CreateRequest, CreateUserError, CreatedBatch},
+    domain::NewUser,
+    flows::Slot,
+    repository::{self, CreateRequest, CreateUserError, CreatedBatch, Registered},
 };
 
 /// One call's answer.
-type Outcome = Result<User, CreateUserError>;
+type Outcome = Result<Registered, CreateUserError>;
 
 /// Hands CreateUser calls to the writer task. Clones share the task.
 #[derive(Debug, Clone)]
@@ -37,6 +43,8 @@ type Dispatch = Option<Dispatcher>;
 /// A call waiting for the writer.
 struct Request {
     call: CreateRequest,
+    /// Its place among the flows in flight, settled by its outcome.
+    slot: Slot,
     answer: oneshot::Sender<Outcome>,
     /// The caller's span, which the batch's span follows from.
     span: tracing::Span,
@@ -59,12 +67,14 @@ impl Writer {
     }
 
     /// Creates the user in the writer's next transaction: [`repository::create_batch`]'s answer
-    /// for this call. A caller that goes away meanwhile does not take its call back: once handed
-    /// over, the user is created.
-    pub async fn create(&self, new_user: NewUser, context: EventContext) -> Outcome {
+    /// for this call. `slot` tracks the new user's flow if the call creates one, and is released
+    /// otherwise. A caller that goes away meanwhile does not take its call back: once handed
+    /// over, the user is created (and its flow tracked).
+    pub async fn create(&self, new_user: NewUser, context: EventContext, slot: Slot) -> Outcome {
         let (answer, answered) = oneshot::channel();
         let request = Request {
             call: CreateRequest { new_user, context },
+            slot,
             answer,
             span: tracing::Span::current(),
         };
@@ -91,13 +101,18 @@ async fn run(
             .drain(..)
             .map(|request| {
                 span.follows_from(&request.span);
-                (request.call, request.answer)
+                (request.call, (request.slot, request.answer))
             })
             .unzip();
         let outcomes = write(&pool, &calls, dispatcher.as_ref())
             .instrument(span)
             .await;
-        for (answer, outcome) in answers.into_iter().zip(outcomes) {
+        for ((slot, answer), outcome) in answers.into_iter().zip(outcomes) {
+            // Tracked just after the commit: the flow's end is three broker hops away.
+            match &outcome {
+                Ok(Registered::Created(user)) => slot.track(user.user_id),
+                _ => drop(slot),
+            }
             // A caller whose call was cancelled has dropped its end; its user stays created.
             let _ = answer.send(outcome);
         }

@@ -13,13 +13,15 @@ use std::marker::PhantomData;
 use lapin::{
     Channel, Connection, Consumer, ExchangeKind,
     options::{
-        BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-        QueueDeclareOptions, QueueDeleteOptions,
+        BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+        QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     protocol::{AMQPErrorKind, AMQPSoftError},
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use proto::{Event, order::v1::OrderCreated, payment::v1::PaymentProcessed, user::v1::UserCreated};
+
+use uuid::Uuid;
 
 use crate::{
     queues::{InequivalentQueue, QueueRole, QueueType},
@@ -113,6 +115,15 @@ pub const EVENTS: &[(&str, &str)] = &[
     (OrderCreated::ROUTING_KEY, OrderCreated::PRODUCER),
     (PaymentProcessed::ROUTING_KEY, PaymentProcessed::PRODUCER),
 ];
+
+/// How much a long-running watcher's private queue holds (see [`Topology::watch_bounded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WatchBounds {
+    /// Deliveries the broker pushes ahead of their acks.
+    pub prefetch: u16,
+    /// Messages the queue keeps beyond those; past it the oldest are dropped.
+    pub max_length: u32,
+}
 
 /// An invalid `BUS_NAMESPACE`.
 #[derive(Debug, thiserror::Error)]
@@ -234,15 +245,60 @@ impl Topology {
         routing_key: &str,
     ) -> Result<Consumer, lapin::Error> {
         let channel = connection.create_channel().await?;
+        self.watch_on(&channel, "", routing_key, FieldTable::default())
+            .await
+    }
+
+    /// Watches the events published with `routing_key` as [`Topology::watch`] does, for a
+    /// watcher that runs as long as its service. The private queue is named among `owner`'s
+    /// own names (`<owner>.watch.<routing key>.<random>`, namespaced), which a broker that grants
+    /// each service only its own queues lets it declare, bind and read. The broker pushes at most
+    /// [`WatchBounds::prefetch`] deliveries ahead of their acks (ack many at once with
+    /// `multiple`), and the queue keeps at most [`WatchBounds::max_length`] more, dropping the
+    /// oldest: a watcher that falls behind, or a flood, costs bounded memory on both sides.
+    pub async fn watch_bounded(
+        &self,
+        connection: &Connection,
+        owner: &str,
+        routing_key: &str,
+        bounds: WatchBounds,
+    ) -> Result<Consumer, lapin::Error> {
+        let channel = connection.create_channel().await?;
+        channel
+            .basic_qos(bounds.prefetch, BasicQosOptions::default())
+            .await?;
+        let queue = self.namespace.apply(&format!(
+            "{owner}.watch.{routing_key}.{}",
+            Uuid::new_v4().simple()
+        ));
+        let mut arguments = FieldTable::default();
+        // Overflow drops the oldest (the default): refusing publishes would fail the producer's.
+        arguments.insert(
+            "x-max-length".into(),
+            AMQPValue::LongLongInt(i64::from(bounds.max_length)),
+        );
+        self.watch_on(&channel, &queue, routing_key, arguments)
+            .await
+    }
+
+    /// Declares the private queue `queue` (server-named when empty) on `channel`, binds it to
+    /// `routing_key` and consumes it.
+    async fn watch_on(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<Consumer, lapin::Error> {
         let queue = channel
             .queue_declare(
-                "".into(),
+                queue.into(),
                 QueueDeclareOptions {
                     exclusive: true,
                     auto_delete: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         channel

@@ -154,7 +154,22 @@ pub const CATALOGUE: &[Described] = &[
     metric(
         "create_user_backlog",
         Kind::Gauge,
-        "Flows waiting in the chain, as the user service last read it",
+        "Flows in the chain as the user service counts them against CREATE_USER_MAX_BACKLOG: its flows in flight, or the outbox rows and ready queue messages it reads, whichever is more",
+    ),
+    metric(
+        "create_user_flows_in_flight",
+        Kind::Gauge,
+        "Flows this user service instance started (CreateUser calls being written included) and has not seen end with their payment_processed",
+    ),
+    metric(
+        "create_user_flows_completed_total",
+        Kind::Counter,
+        "Flows in flight that ended: the user service saw their payment_processed",
+    ),
+    metric(
+        "create_user_flows_forgotten_total",
+        Kind::Counter,
+        "Flows in flight no longer counted although their payment_processed was not seen, by reason (expired: older than CREATE_USER_FLOW_EXPIRY; resubscribed: accepted before the watcher of payment_processed subscribed again)",
     ),
 ];
 

@@ -12,7 +12,8 @@ use test_support::{assert_no_more_deliveries, http_get, new_context, next_delive
 use tonic::Code;
 use user_service::{
     domain::{NewUser, Plan, User},
-    repository::{self, CreateRequest, CreateUserError},
+    flows::{FlowsInFlight, Slot},
+    repository::{self, CreateRequest, CreateUserError, Registered},
     writer::{self, Writer},
 };
 use uuid::Uuid;
@@ -36,7 +37,10 @@ async fn create_alone(app: &TestApp, call: CreateRequest) -> User {
     let mut created = repository::create_batch(&app.db, &[call], None)
         .await
         .expect("committed");
-    created.outcomes.remove(0).expect("created")
+    match created.outcomes.remove(0).expect("created") {
+        Registered::Created(user) => user,
+        replayed => panic!("not created: {replayed:?}"),
+    }
 }
 
 /// The user ids of the next `n` `user_created` events, and how often each came.
@@ -97,15 +101,24 @@ async fn each_call_of_a_batch_gets_its_own_answer_and_only_new_users_an_event() 
         .await
         .expect("committed");
 
-    // Assert: each call's own answer.
+    // Assert: each call's own answer, a new user told from a replay's.
     let outcomes = created.outcomes;
     assert_eq!(outcomes.len(), calls.len());
     let user = |at: usize| match &outcomes[at] {
-        Ok(user) => user.clone(),
+        Ok(Registered::Created(user)) => user.clone(),
+        Ok(Registered::Replayed(user)) => panic!("call {at} replayed user {}", user.user_id),
+        Err(error) => panic!("call {at} failed: {error}"),
+    };
+    let replayed = |at: usize| match &outcomes[at] {
+        Ok(Registered::Replayed(user)) => user.clone(),
+        Ok(Registered::Created(user)) => panic!("call {at} created user {}", user.user_id),
         Err(error) => panic!("call {at} failed: {error}"),
     };
     let refused = |at: usize| match &outcomes[at] {
-        Ok(user) => panic!("call {at} was answered with user {}", user.user_id),
+        Ok(registered) => panic!(
+            "call {at} was answered with user {}",
+            registered.user().user_id
+        ),
         Err(error) => error,
     };
     assert_eq!(user(0).email, "fresh-1@example.com");
@@ -116,11 +129,15 @@ async fn each_call_of_a_batch_gets_its_own_answer_and_only_new_users_an_event() 
         "of two calls with one address, the first wins"
     );
     assert!(matches!(refused(3), CreateUserError::EmailTaken));
-    assert_eq!(user(4), earlier, "a replay gets the committed original");
+    assert_eq!(replayed(4), earlier, "a replay gets the committed original");
     assert!(matches!(refused(5), CreateUserError::RequestIdReused));
     let new = user(6);
     assert_eq!(new.email, "new@example.com");
-    assert_eq!(user(7), new, "a replay gets the original of its own batch");
+    assert_eq!(
+        replayed(7),
+        new,
+        "a replay gets the original of its own batch"
+    );
     assert!(matches!(refused(8), CreateUserError::RequestIdReused));
     assert_eq!(user(9).email, "fresh-2@example.com");
     let inserted = [user(0), user(2), new, user(9)];
@@ -213,15 +230,22 @@ async fn a_call_whose_caller_went_away_is_written_and_the_writer_goes_on() {
     // Arrange: a call handed to a writer that is not running yet, then abandoned.
     let app = spawn_app().await;
     let (writer, writing) = Writer::new(app.db.clone(), 64, None);
-    let mut abandoned =
-        Box::pin(writer.create(new_user("gone@example.com", "Gone", None), new_context()));
+    let mut abandoned = Box::pin(writer.create(
+        new_user("gone@example.com", "Gone", None),
+        new_context(),
+        Slot::unlimited(),
+    ));
     assert!((&mut abandoned).now_or_never().is_none(), "handed over");
     drop(abandoned);
     let writing = tokio::spawn(writing);
 
     // Act
     let next = writer
-        .create(new_user("next@example.com", "Next", None), new_context())
+        .create(
+            new_user("next@example.com", "Next", None),
+            new_context(),
+            Slot::unlimited(),
+        )
         .await;
 
     // Assert
@@ -251,6 +275,7 @@ async fn the_writer_answers_every_call_it_took_before_it_ends() {
                     .create(
                         new_user(&format!("{name}@example.com"), name, None),
                         new_context(),
+                        Slot::unlimited(),
                     )
                     .await
             })
@@ -271,6 +296,51 @@ async fn the_writer_answers_every_call_it_took_before_it_ends() {
     }
     writing.await.expect("the writer ends");
     assert_eq!(app.user_rows().await, 3);
+}
+
+#[tokio::test]
+async fn the_writer_tracks_the_flow_of_each_call_that_created_a_user_and_of_no_other() {
+    // Arrange
+    let app = spawn_app().await;
+    let flows = FlowsInFlight::new(10, std::time::Duration::from_secs(60));
+    let (writer, writing) = Writer::new(app.db.clone(), 64, None);
+    let writing = tokio::spawn(writing);
+    let create = |email: &str, request_id: Option<Uuid>| {
+        writer.create(
+            new_user(email, "Ada", request_id),
+            new_context(),
+            flows.reserve().expect("a slot"),
+        )
+    };
+    let request_id = Uuid::new_v4();
+
+    // Act: a new user, its replay, a call whose address is taken, a call whose caller went
+    // away once it was handed over, and one more new user.
+    let created = create("ada@example.com", Some(request_id))
+        .await
+        .expect("created");
+    let replayed = create("ada@example.com", Some(request_id))
+        .await
+        .expect("replayed");
+    let taken = create("ADA@example.com", None).await;
+    let mut abandoned = Box::pin(create("gone@example.com", None));
+    assert!((&mut abandoned).now_or_never().is_none(), "handed over");
+    drop(abandoned);
+    let last = create("last@example.com", None).await.expect("created");
+
+    // Assert: the new users' flows, the abandoned call's included, and nothing else.
+    assert!(matches!(created, Registered::Created(_)), "{created:?}");
+    assert!(matches!(replayed, Registered::Replayed(_)), "{replayed:?}");
+    assert!(
+        matches!(taken, Err(CreateUserError::EmailTaken)),
+        "{taken:?}"
+    );
+    assert_eq!(flows.count(), 3);
+    assert!(flows.complete(created.user().user_id));
+    assert!(flows.complete(last.user().user_id));
+    assert_eq!(flows.count(), 1, "the abandoned call's user");
+    drop(writer);
+    writing.await.expect("the writer ends");
 }
 
 /// What one of the concurrent calls should get.

@@ -52,6 +52,14 @@ pub async fn spawn_app_with(amqp_url: &str, adjust: impl FnOnce(&mut Settings)) 
     spawn_app_in(Sandbox::new(), amqp_url, adjust).await
 }
 
+/// The user service against `amqp_url`, taking calls as `ingress` says, ready (health SERVING)
+/// before it returns.
+pub async fn spawn_app_with_ingress(amqp_url: &str, ingress: Ingress) -> TestApp {
+    let app = spawn_app_as(Sandbox::new(), amqp_url, |_| {}, ingress).await;
+    app.service.wait_for_health(ServingStatus::Serving).await;
+    app
+}
+
 /// The user service in `sandbox` (whose Postgres it uses) against `amqp_url`, with settings
 /// adjusted by `adjust`; does not wait for readiness.
 pub async fn spawn_app_in(
@@ -59,9 +67,18 @@ pub async fn spawn_app_in(
     amqp_url: &str,
     adjust: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn_app_as(sandbox, amqp_url, adjust, Ingress::default()).await
+}
+
+async fn spawn_app_as(
+    sandbox: Sandbox,
+    amqp_url: &str,
+    adjust: impl FnOnce(&mut Settings),
+    ingress: Ingress,
+) -> TestApp {
     let mut settings = sandbox.settings("user-service", "users", amqp_url);
     adjust(&mut settings);
-    let application = user_service::build(&settings, Ingress::default())
+    let application = user_service::build(&settings, ingress)
         .await
         .expect("the service starts");
     let application_metrics_addr = application.metrics_addr();

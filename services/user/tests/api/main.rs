@@ -4,6 +4,7 @@
 // Helpers are shared between test modules of one binary; `pub` there is crate-wide anyway.
 #![allow(unreachable_pub)]
 
+mod backpressure;
 mod broker_outage;
 mod create_user;
 mod dependencies;

@@ -60,8 +60,17 @@ pub async fn spawn_stack_without_payment() -> Stack {
 
 /// All three services, the user service taking calls as `ingress` says.
 pub async fn spawn_stack_with_ingress(ingress: Ingress) -> Stack {
+    spawn_stack_with(ingress, |pool| SimulatedGateway::new(pool, Latency::NONE)).await
+}
+
+/// All three services, the user service taking calls as `ingress` says and the payment service
+/// charging through the gateway `gateway` makes.
+pub async fn spawn_stack_with<G: PaymentGateway>(
+    ingress: Ingress,
+    gateway: impl FnOnce(PgPool) -> G,
+) -> Stack {
     let mut stack = spawn_partial_stack(Sandbox::new(), &test_support::broker_url(), ingress).await;
-    stack.start_payment_service().await;
+    stack.start_payment_service_with(gateway).await;
     stack
 }
 

@@ -9,4 +9,5 @@ mod chain;
 mod failures;
 mod helpers;
 mod outages;
+mod permissions;
 mod resilience;
