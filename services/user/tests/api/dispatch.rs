@@ -111,27 +111,46 @@ async fn a_row_its_process_never_dispatched_is_left_to_the_relays_until_its_leas
 }
 
 #[tokio::test]
-async fn a_relay_that_stops_deletes_every_row_the_broker_confirmed_first() {
-    // Arrange: rows dispatched just before the stop, their confirms still to be gathered.
+async fn confirmed_rows_are_deleted_together_and_a_relay_that_stops_deletes_them_first() {
+    // Arrange: a relay that gathers confirms for an hour, connected (it has published a first
+    // row), and rows dispatched to it.
     let app = spawn_app_with_broker(&broker_url_at(unused_port())).await;
     let mut events = app.capture("user_created").await;
     let relay = Relay::start(&app, |relay| {
-        relay.with_poll_interval(Duration::from_secs(3600))
+        relay
+            .with_poll_interval(Duration::from_secs(3600))
+            .with_remove_delay(Duration::from_secs(3600))
     });
+    let first = user_created();
+    commit(&app, &relay.dispatcher, &first).await;
+    relay.dispatcher.dispatch(vec![first]);
+    next_delivery(&mut events).await;
     let envelopes: Vec<_> = (0..20).map(|_| user_created()).collect();
     for envelope in &envelopes {
         commit(&app, &relay.dispatcher, envelope).await;
         relay.dispatcher.dispatch(vec![envelope.clone()]);
     }
+    // Each published once, its row kept (leased) while the confirms are gathered.
+    for _ in &envelopes {
+        next_delivery(&mut events).await;
+    }
+    let ids: Vec<_> = envelopes
+        .iter()
+        .map(|envelope| envelope.message_id)
+        .collect();
+    let kept =
+        sqlx::query_scalar::<_, i64>("select count(*) from outbox where message_id = any($1)")
+            .bind(&ids)
+            .fetch_one(&app.db)
+            .await
+            .expect("the outbox");
+    assert_eq!(kept, 20);
 
     // Act
     relay.stop().await;
 
-    // Assert: every row published once and, by the time the relay has stopped, deleted: none
-    // is left for a relay to publish again once its lease is over.
-    for _ in &envelopes {
-        next_delivery(&mut events).await;
-    }
+    // Assert: by the time the relay has stopped, every confirmed row is deleted: none is left
+    // for a relay to publish again once its lease is over.
     assert_eq!(app.outbox_rows().await, 0);
     assert_no_more_deliveries(&mut events, Duration::from_millis(500)).await;
 }

@@ -231,6 +231,7 @@ pub struct OutboxRelay {
     batch_size: usize,
     poll_interval: Duration,
     vacuum_after: usize,
+    remove_delay: Duration,
     dispatcher: Dispatcher,
     dispatched: mpsc::Receiver<Vec<Envelope>>,
 }
@@ -253,24 +254,35 @@ type Pass<'a> = Pin<
 >;
 
 /// Dispatched rows the broker confirmed, waiting to be deleted together.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Confirmed {
     ids: Vec<Uuid>,
-    /// When the oldest of them has waited [`REMOVE_DELAY`].
+    /// How long the oldest waits.
+    delay: Duration,
+    /// When the oldest of them has waited `delay`.
     since: Option<tokio::time::Instant>,
 }
 
 impl Confirmed {
+    fn new(delay: Duration) -> Self {
+        Self {
+            ids: Vec::new(),
+            delay,
+            since: None,
+        }
+    }
+
     fn add(&mut self, ids: Vec<Uuid>) {
         if ids.is_empty() {
             return;
         }
+        let delay = self.delay;
         self.since
-            .get_or_insert_with(|| tokio::time::Instant::now() + REMOVE_DELAY);
+            .get_or_insert_with(|| tokio::time::Instant::now() + delay);
         self.ids.extend(ids);
     }
 
-    /// The ids to delete now: once the oldest has waited [`REMOVE_DELAY`], or once there are
+    /// The ids to delete now: once the oldest has waited its delay, or once there are
     /// `enough`.
     fn take_if_ready(&mut self, enough: usize) -> Option<Vec<Uuid>> {
         let ready = self.ids.len() >= enough
@@ -284,7 +296,7 @@ impl Confirmed {
         Some(std::mem::take(&mut self.ids))
     }
 
-    /// Resolves when the oldest has waited [`REMOVE_DELAY`]; never while there is none.
+    /// Resolves when the oldest has waited its delay; never while there is none.
     async fn due(&self) {
         match self.since {
             Some(at) => tokio::time::sleep_until(at).await,
@@ -303,6 +315,7 @@ impl OutboxRelay {
             batch_size: 256,
             poll_interval: Duration::from_secs(2),
             vacuum_after: VACUUM_AFTER_ROWS,
+            remove_delay: REMOVE_DELAY,
             dispatcher,
             dispatched,
         }
@@ -323,6 +336,13 @@ impl OutboxRelay {
     /// At most this many rows per transaction.
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Gathers the confirms of dispatched rows for `delay` (default [`REMOVE_DELAY`]) before
+    /// deleting their rows together.
+    pub fn with_remove_delay(mut self, delay: Duration) -> Self {
+        self.remove_delay = delay;
         self
     }
 
@@ -359,7 +379,7 @@ impl OutboxRelay {
         // Whether rows may be due that no pass has looked for yet.
         let mut due = true;
         let mut deleted = 0;
-        let mut confirmed = Confirmed::default();
+        let mut confirmed = Confirmed::new(self.remove_delay);
         loop {
             if deleted >= self.vacuum_after {
                 deleted = 0;
