@@ -162,30 +162,42 @@ impl Stack {
         self.services.push(running);
     }
 
-    /// CreateUser with `email` and a `request_id`, retried with the same `request_id` while the
-    /// service answers UNAVAILABLE or the call outlives the server's request timeout
-    /// (DEADLINE_EXCEEDED: its outcome is unknown), as a well-behaved client would (AIP-155).
+    /// CreateUser with `email` and a `request_id`, retried with the same `request_id` as a
+    /// well-behaved client would (AIP-155, and README's advice): while the service answers
+    /// UNAVAILABLE, when the call outlives the server's request timeout (DEADLINE_EXCEEDED: its
+    /// outcome is unknown), and when the service is saturated (RESOURCE_EXHAUSTED: resent after
+    /// the delay its `RetryInfo` asks for).
     pub async fn create_user_retrying(&self, email: &str) -> User {
+        use tonic_types::StatusExt;
+
         let request = CreateUserRequest {
             email: email.into(),
             name: "Test User".into(),
             request_id: uuid::Uuid::new_v4().to_string(),
             ..CreateUserRequest::default()
         };
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
         loop {
-            match self.users.clone().create_user(request.clone()).await {
+            let status = match self.users.clone().create_user(request.clone()).await {
                 Ok(response) => return response.into_inner().user.expect("a user"),
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-                    ) && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                Err(status) => status,
+            };
+            let pause = match status.code() {
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                    std::time::Duration::from_millis(200)
                 }
-                Err(status) => panic!("CreateUser failed: {status:?}"),
-            }
+                tonic::Code::ResourceExhausted => status
+                    .get_details_retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .unwrap_or(std::time::Duration::from_millis(200))
+                    .min(std::time::Duration::from_secs(5)),
+                _ => panic!("CreateUser failed: {status:?}"),
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "CreateUser still failing after two minutes: {status:?}"
+            );
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -207,7 +219,8 @@ impl Stack {
 
     /// Creates `count` users concurrently, `user<i>@example.com`, each call retried as
     /// [`Stack::create_user_retrying`] does: that many at once can find every database
-    /// connection taken on a busy machine, and be told UNAVAILABLE.
+    /// connection taken on a busy machine (UNAVAILABLE), or more flows in flight than the user
+    /// service admits (RESOURCE_EXHAUSTED).
     pub async fn create_users_at_once(&self, count: i64) -> Vec<User> {
         let calls = (0..count).map(|i| self.create_user_numbered(i));
         futures_util::future::join_all(calls).await

@@ -15,8 +15,8 @@ use crate::helpers::{Stack, spawn_stack_on};
 /// How long the chain gets to catch up after an outage.
 const RECOVERY: Duration = Duration::from_secs(120);
 
-/// Creates `count` users, `concurrency` calls at a time, retrying UNAVAILABLE, counting the
-/// created ones in `created`.
+/// Creates `count` users, `concurrency` calls at a time, each retried as
+/// [`Stack::create_user_retrying`] does, counting the created ones in `created`.
 async fn create_users(stack: &Stack, count: usize, concurrency: usize, created: &AtomicUsize) {
     futures_util::stream::iter(0..count)
         .map(|i| async move {
