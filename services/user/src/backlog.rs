@@ -34,8 +34,20 @@ use crate::flows::{FlowsInFlight, Slot};
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// How often flows past their expiry are forgotten.
 const EXPIRY_SWEEP: Duration = Duration::from_secs(1);
-/// How long a refused client is asked to wait before it tries again (`google.rpc.RetryInfo`).
+/// How long a refused client is asked to wait before it tries again (`google.rpc.RetryInfo`),
+/// on average: each refusal asks for a delay drawn evenly from half of it to one and a half
+/// times it ([`retry_after`]).
 pub const RETRY_AFTER: Duration = Duration::from_millis(100);
+
+/// The delay one refused call is asked to wait, drawn evenly between half of [`RETRY_AFTER`]
+/// and one and a half times it. Callers refused together retry spread out, not together: with
+/// one delay for all, the callers a full chain refused come back at once, take the free slots
+/// in one burst and leave the chain idle until the next, so it runs below its limit.
+pub fn retry_after() -> Duration {
+    let spread = RETRY_AFTER.as_micros() as u64;
+    let drawn = (uuid::Uuid::new_v4().as_u128() % u128::from(spread)) as u64;
+    RETRY_AFTER / 2 + Duration::from_micros(drawn)
+}
 
 /// The flows in the chain and the admission of new ones against their limit.
 #[derive(Debug)]
@@ -138,6 +150,18 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+
+    #[test]
+    fn refused_callers_are_asked_to_wait_different_delays_around_the_mean() {
+        let delays: std::collections::HashSet<Duration> = (0..200).map(|_| retry_after()).collect();
+        assert!(
+            delays
+                .iter()
+                .all(|delay| (RETRY_AFTER / 2..RETRY_AFTER * 3 / 2).contains(delay)),
+            "{delays:?}"
+        );
+        assert!(delays.len() > 100, "only {} distinct delays", delays.len());
+    }
 
     const EXPIRY: Duration = Duration::from_secs(60);
 

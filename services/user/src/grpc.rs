@@ -63,7 +63,7 @@ impl UserService for UserApi {
                     "the system is saturated (its limit of {} flows in the chain is reached); retry later",
                     self.backlog.limit()
                 ),
-                retry_after: backlog::RETRY_AFTER,
+                retry_after: backlog::retry_after(),
             }
             .into());
         };
