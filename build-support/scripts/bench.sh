@@ -11,7 +11,7 @@
 #      of BENCH_SWEEP_SECONDS each (default BENCH_SECONDS/6, at least 2; BENCH_SWEEP_STEPS=0
 #      skips it), drawn as latency-throughput.svg beside the runs' JSON (`loadgen plot`);
 #   6. back-pressure: the user service restarted with CREATE_USER_MAX_BACKLOG=BENCH_BACKLOG
-#      (default 64 flows waiting in the chain), and the peak again: the e2e latency of the
+#      (default 16 flows in the chain), and the peak again: the e2e latency of the
 #      accepted calls and the share refused with RESOURCE_EXHAUSTED;
 #   7. slow gateway: the payment service restarted with GATEWAY_LATENCY=BENCH_GATEWAY_LATENCY
 #      (default 100ms, a real provider's answer time), and the peak again;
@@ -38,7 +38,7 @@ cd "$(dirname "$0")/../.."
 
 seconds=${BENCH_SECONDS:-30}
 gateway_latency=${BENCH_GATEWAY_LATENCY:-100ms}
-backlog=${BENCH_BACKLOG:-64}
+backlog=${BENCH_BACKLOG:-16}
 postgres=${BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432}
 baseline_rev=${BENCH_BASELINE:-}
 sweep_steps=${BENCH_SWEEP_STEPS:-8}
