@@ -16,10 +16,9 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 /// Most CreateUser calls written in one transaction, unless configured.
 pub const DEFAULT_CREATE_USER_BATCH_MAX: usize = 64;
 /// Flows allowed in the chain before CreateUser is refused, unless configured: about the fewest
-/// that keep the chain within a tenth of its peak throughput on the development machine, on its
-/// slow days and its fast ones (benchmark.md), so that pushing harder adds refusals, not
-/// latency.
-pub const DEFAULT_CREATE_USER_MAX_BACKLOG: u64 = 512;
+/// that keep the chain at its peak throughput on the development machine (benchmark.md), so
+/// that pushing harder adds refusals, not latency.
+pub const DEFAULT_CREATE_USER_MAX_BACKLOG: u64 = 1024;
 /// How long a flow counts in flight without its `payment_processed` being seen, unless
 /// configured.
 pub const DEFAULT_CREATE_USER_FLOW_EXPIRY: Duration = Duration::from_secs(60);
