@@ -10,8 +10,8 @@ use futures_util::StreamExt;
 use lapin::{
     BasicProperties, Connection,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+        BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::FieldTable,
 };
@@ -83,12 +83,13 @@ pub(super) async fn broker_steps(
     let mut consumer_channels = Vec::new();
     for worker in 0..args.workers.max(1) {
         let channel = amqp.create_channel().await?;
-        consumer_channels.push(channel.clone());
+        let tag = format!("ceiling-{worker}");
+        consumer_channels.push((channel.clone(), tag.clone()));
         channel.basic_qos(64, BasicQosOptions::default()).await?;
         let mut deliveries = channel
             .basic_consume(
                 queue.into(),
-                format!("ceiling-{worker}").as_str().into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -160,13 +161,21 @@ pub(super) async fn broker_steps(
     tokio::time::sleep_until(deadline.into()).await;
     let throughput = consumed.load(std::sync::atomic::Ordering::Relaxed) as f64
         / started.elapsed().as_secs_f64();
+    // Each consumer cancelled and its cancel-ok awaited before its channel closes: a consumer
+    // merely dropped sends its cancel in the background, and a cancel-ok arriving on a channel
+    // already closing is a protocol error that closes the whole connection.
+    for (channel, tag) in &consumer_channels {
+        channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+    }
     stop.cancel();
     for consumer in consumers {
         consumer.await?;
     }
     // Closed, so the broker neither keeps delivering to them nor holds their unacked messages
     // back from the one-at-a-time samples.
-    for channel in consumer_channels {
+    for (channel, _) in consumer_channels {
         channel.close(200, "done".into()).await?;
     }
 
@@ -219,6 +228,10 @@ pub(super) async fn broker_steps(
         }
         confirm.await?;
     }
+    channel
+        .basic_cancel("ceiling-latency".into(), BasicCancelOptions::default())
+        .await?;
+    drop(deliveries);
     times.sort_unstable();
     Ok((throughput, times[times.len() / 2]))
 }
