@@ -29,23 +29,35 @@ pub async fn connect_and_migrate(
     pool_size: u32,
     migrator: Migrator,
 ) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(url.expose_secret())
-        .context("DATABASE_URL is not a valid Postgres URL")?
-        // Every statement planned for its own parameters. After a few runs Postgres may keep a
-        // prepared statement's generic plan for as long as its connection lives; one made
-        // while a table was small scans the whole table ever after. The set-based
-        // `= any($1)` statements did so on every batch of a fresh stack, the longer it ran the
-        // costlier (test `plans` of the order service).
-        .options([("plan_cache_mode", "force_custom_plan")]);
+    let options = session_options(
+        PgConnectOptions::from_str(url.expose_secret())
+            .context("DATABASE_URL is not a valid Postgres URL")?,
+    );
     create_database_if_missing(&options).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_size)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
+    let pool = pool_options(pool_size)
         .connect_with(options)
         .await
         .context("cannot connect to the service's database")?;
     migrate(&pool, migrator).await?;
     Ok(pool)
+}
+
+/// `options` with the services' session settings: every statement planned for its own
+/// parameters. After a few runs Postgres may keep a prepared statement's generic plan for as long
+/// as its connection lives; one made while a table was small scans the whole table ever after.
+/// The set-based `= any($1)` statements did so on every batch of a fresh stack, the longer it ran
+/// the costlier (test `plans` of the order service).
+pub fn session_options(options: PgConnectOptions) -> PgConnectOptions {
+    options.options([("plan_cache_mode", "force_custom_plan")])
+}
+
+/// The services' pool of up to `size` connections. Each connection is checked (a round trip)
+/// before it is handed out, so that after a Postgres restart a dead one is closed and replaced
+/// instead of failing a caller's statement.
+pub fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
 }
 
 /// Applies the messaging tables' migrations and then `migrator`. Each ignores the other's

@@ -18,11 +18,12 @@ use lapin::{
 use messaging::{Envelope, consumer::take_ready, queues::QueueRole};
 use uuid::Uuid;
 
-use super::{CeilingArgs, Step};
+use super::{CeilingArgs, Latency, Sampling, Step};
 
 /// Persistent messages of the events' sizes through a durable queue: three publishers (one
 /// relay per service) publishing batches with confirms, `workers` consumers acking each batch
-/// with one `multiple` ack; then one message at a time, publish to delivery.
+/// with one `multiple` ack; then one message at a time, publish to delivery, back to back and
+/// spaced out.
 pub(super) async fn broker(
     args: &CeilingArgs,
     span: Duration,
@@ -71,7 +72,7 @@ pub(super) async fn broker_steps(
     queue: &str,
     span: Duration,
     events: &[Envelope],
-) -> anyhow::Result<(f64, Duration)> {
+) -> anyhow::Result<(f64, Latency)> {
     anyhow::ensure!(!events.is_empty(), "no event to publish");
     let messages = Arc::new(messages(events));
     let batch = args.batch.max(1);
@@ -188,7 +189,7 @@ pub(super) async fn broker_steps(
     channel
         .queue_purge(queue.into(), Default::default())
         .await?;
-    let mut deliveries = channel
+    let deliveries = channel
         .basic_consume(
             queue.into(),
             "ceiling-latency".into(),
@@ -196,42 +197,47 @@ pub(super) async fn broker_steps(
             FieldTable::default(),
         )
         .await?;
-    let mut times = Vec::with_capacity(args.samples.max(1));
-    for i in 0..args.samples.max(1) {
-        let (payload, properties) = &messages[i % messages.len()];
-        let id = Uuid::new_v4().to_string();
-        let properties = properties.clone().with_message_id(id.as_str().into());
-        let sent = Instant::now();
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                payload,
-                properties,
-            )
-            .await?;
-        loop {
-            let delivery = deliveries.next().await.context("the consumer stopped")??;
-            let ours = delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .is_some_and(|message_id| message_id.as_str() == id);
-            if ours {
-                times.push(sent.elapsed());
+    let deliveries = tokio::sync::Mutex::new(deliveries);
+    let mut sent = 0;
+    let latency = Sampling::new(args)
+        .take(|| {
+            let (payload, properties) = &messages[sent % messages.len()];
+            sent += 1;
+            let (channel, deliveries) = (&channel, &deliveries);
+            async move {
+                let id = Uuid::new_v4().to_string();
+                let properties = properties.clone().with_message_id(id.as_str().into());
+                let mut deliveries = deliveries.lock().await;
+                let started = Instant::now();
+                let confirm = channel
+                    .basic_publish(
+                        "".into(),
+                        queue.into(),
+                        BasicPublishOptions::default(),
+                        payload,
+                        properties,
+                    )
+                    .await?;
+                loop {
+                    let delivery = deliveries.next().await.context("the consumer stopped")??;
+                    let ours = delivery
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .is_some_and(|message_id| message_id.as_str() == id);
+                    let took = started.elapsed();
+                    delivery.ack(BasicAckOptions::default()).await?;
+                    if ours {
+                        confirm.await?;
+                        return Ok(took);
+                    }
+                }
             }
-            delivery.ack(BasicAckOptions::default()).await?;
-            if ours {
-                break;
-            }
-        }
-        confirm.await?;
-    }
+        })
+        .await?;
     channel
         .basic_cancel("ceiling-latency".into(), BasicCancelOptions::default())
         .await?;
     drop(deliveries);
-    times.sort_unstable();
-    Ok((throughput, times[times.len() / 2]))
+    Ok((throughput, latency))
 }

@@ -10,14 +10,20 @@
 //! first step (record the intents, charge the simulator) runs before its batch, as in the
 //! consumer. Each consumer step is fed the events the step before it wrote to the outbox. On a
 //! scratch durable queue it publishes persistent messages of those events with confirms, and
-//! consumes them with acks. Each step is measured twice: at full load for its throughput, and
-//! one at a time for its latency.
+//! consumes them with acks. Each step is measured three times: at full load for its throughput,
+//! one at a time back to back for its latency, and one at a time spaced out like the benchmark's
+//! idle load (one every 50 ms) for its latency when the machine has been idle in between (which
+//! costs more than back to back on a VM: its processes are woken from sleep at every step).
 //!
 //! The ceiling adds up what one flow costs: one user's share of a user transaction, three
 //! deleted rows, one
 //! message through each consumer, and three messages through the broker, each cost the inverse
 //! of that step's throughput measured alone. Postgres and RabbitMQ share the machine's cores, so
-//! their costs add too.
+//! their costs add too. The latency sum adds the steps on a flow's path, from the user
+//! transaction to the `payment_processed` message's delivery: the user transaction, the order
+//! and payment batches and three broker hops (the delete of published rows follows a confirm
+//! that the next step does not wait for, and the order service's `payment_processed` batch
+//! runs beside the delivery that ends the flow).
 
 mod broker;
 mod steps;
@@ -41,13 +47,11 @@ use order_service::{
     handlers::{PaymentProcessedHandler, UserCreatedHandler},
 };
 use payment_service::{
-    gateway::{Latency, SimulatedGateway},
+    gateway::{self, SimulatedGateway},
     handlers::{ChargeSettings, OrderCreatedHandler},
 };
-use sqlx::{
-    ConnectOptions, PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
-};
+use service_kit::database;
+use sqlx::{ConnectOptions, PgPool, postgres::PgConnectOptions};
 use uuid::Uuid;
 
 use self::{
@@ -89,9 +93,16 @@ pub(crate) struct CeilingArgs {
     /// How long each throughput step runs.
     #[arg(long, default_value_t = 4)]
     seconds: u64,
-    /// One-at-a-time samples per latency step.
+    /// One-at-a-time samples per latency step, back to back.
     #[arg(long, default_value_t = 200)]
     samples: usize,
+    /// One-at-a-time samples per latency step spaced out by --idle-pace-ms (the idle latency).
+    #[arg(long, default_value_t = 60)]
+    idle_samples: usize,
+    /// Milliseconds from the start of one idle sample to the next: 50, as the benchmark's idle
+    /// load of 20 calls per second.
+    #[arg(long, default_value_t = 50)]
+    idle_pace_ms: u64,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -107,9 +118,72 @@ struct Step {
     /// How many units of this step one flow needs.
     per_flow: f64,
     /// Median latency of one unit, one at a time.
-    latency: Duration,
+    latency: Latency,
     /// How many units of latency lie on one flow's path.
     hops: f64,
+}
+
+/// A step's median latency of one unit, one at a time.
+#[derive(Debug, Clone, Copy)]
+struct Latency {
+    /// Back to back.
+    alone: Duration,
+    /// Spaced out like the benchmark's idle load.
+    idle: Duration,
+}
+
+/// How a step's latency is sampled: `samples` back to back, then `idle_samples`, each started
+/// `idle_pace` after the one before.
+#[derive(Debug, Clone, Copy)]
+struct Sampling {
+    samples: usize,
+    idle_samples: usize,
+    idle_pace: Duration,
+}
+
+impl Sampling {
+    fn new(args: &CeilingArgs) -> Self {
+        Self {
+            samples: args.samples.max(1),
+            idle_samples: args.idle_samples.max(1),
+            idle_pace: Duration::from_millis(args.idle_pace_ms),
+        }
+    }
+
+    /// How many units the samples use.
+    fn units(&self) -> usize {
+        self.samples + self.idle_samples
+    }
+
+    /// Takes the samples one after another with `sample`, which returns the time of one unit:
+    /// back to back, then each idle one `idle_pace` after the start of the one before. The
+    /// medians of each kind.
+    async fn take<F, Fut>(&self, mut sample: F) -> anyhow::Result<Latency>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<Duration>>,
+    {
+        let mut alone = Vec::with_capacity(self.samples);
+        for _ in 0..self.samples {
+            alone.push(sample().await?);
+        }
+        let mut idle = Vec::with_capacity(self.idle_samples);
+        let mut next = Instant::now();
+        for _ in 0..self.idle_samples {
+            tokio::time::sleep_until(next.into()).await;
+            next = Instant::now() + self.idle_pace;
+            idle.push(sample().await?);
+        }
+        Ok(Latency {
+            alone: median(alone),
+            idle: median(idle),
+        })
+    }
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort_unstable();
+    times[times.len() / 2]
 }
 
 impl Step {
@@ -140,12 +214,12 @@ pub(crate) async fn run(args: CeilingArgs) -> anyhow::Result<()> {
 }
 
 async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Result<Vec<Step>> {
-    let pool = PgPoolOptions::new()
-        .max_connections(u32::try_from(
-            args.concurrency.max(args.workers).max(3) + 2,
-        )?)
-        .connect_with(database)
-        .await?;
+    // As the services' pools and sessions, with room for every task of a step.
+    let pool = database::pool_options(u32::try_from(
+        args.concurrency.max(args.workers).max(3) + 2,
+    )?)
+    .connect_with(database::session_options(database))
+    .await?;
     migrate(&pool).await?;
     let span = Duration::from_secs(args.seconds);
     let batch = args.batch.max(1);
@@ -158,7 +232,7 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         async move { create_users(&pool, user_batch).await }
     })
     .await?;
-    let latency = one_at_a_time(args.samples, || create_users(&pool, 1).map_ok(drop)).await?;
+    let latency = one_at_a_time(args, || create_users(&pool, 1).map_ok(drop)).await?;
     steps.push(Step {
         name: "user: users + outbox rows",
         throughput,
@@ -184,8 +258,9 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
     })
     .await?;
     drain(&pool).await?;
-    let alone = Mutex::new(VecDeque::from(fill_outbox(&pool, args.samples).await?));
-    let latency = one_at_a_time(args.samples, || async {
+    let units = Sampling::new(args).units();
+    let alone = Mutex::new(VecDeque::from(fill_outbox(&pool, units).await?));
+    let latency = one_at_a_time(args, || async {
         remove_published(&pool, take(&alone, 1)).await.map(drop)
     })
     .await?;
@@ -195,7 +270,8 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         unit: "row",
         per_flow: 3.0,
         latency,
-        hops: 3.0,
+        // Off the path: the next step has its message by then.
+        hops: 0.0,
     });
     // What the relay left is not the consumers' input; each consumer step reads what the step
     // before it wrote.
@@ -211,7 +287,7 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         async move { consume(pool, consumer, orders, new_users(batch)?).await }
     })
     .await?;
-    let latency = one_at_a_time(args.samples, || async {
+    let latency = one_at_a_time(args, || async {
         consume(&pool, consumer, &orders, new_users(1)?)
             .await
             .map(drop)
@@ -226,7 +302,7 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         hops: 1.0,
     });
 
-    let gateway = SimulatedGateway::new(pool.clone(), Latency::NONE);
+    let gateway = SimulatedGateway::new(pool.clone(), gateway::Latency::NONE);
     let payments = OrderCreatedHandler::new(Arc::new(gateway), ChargeSettings::default());
     let step = consumer_step(
         args,
@@ -247,7 +323,8 @@ async fn measure(args: &CeilingArgs, database: PgConnectOptions) -> anyhow::Resu
         &mut events,
     )
     .await?;
-    steps.push(step);
+    // Beside the delivery of `payment_processed` that ends the flow, not before it.
+    steps.push(Step { hops: 0.0, ..step });
     pool.close().await;
 
     eprintln!("ceiling: RabbitMQ");
@@ -301,18 +378,51 @@ where
     Ok(total as f64 / elapsed)
 }
 
-/// The median time of `samples` runs of `unit`, one after the other.
-async fn one_at_a_time<F, Fut>(samples: usize, unit: F) -> anyhow::Result<Duration>
+/// The median times of runs of `unit` one at a time, back to back and spaced out (see
+/// [`Sampling`]).
+async fn one_at_a_time<F, Fut>(args: &CeilingArgs, unit: F) -> anyhow::Result<Latency>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let mut times = Vec::with_capacity(samples.max(1));
-    for _ in 0..samples.max(1) {
-        let started = Instant::now();
-        unit().await?;
-        times.push(started.elapsed());
+    Sampling::new(args)
+        .take(|| {
+            let run = unit();
+            async move {
+                let started = Instant::now();
+                run.await?;
+                Ok(started.elapsed())
+            }
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_samples_start_a_pace_apart_and_each_kind_has_its_own_median() {
+        let sampling = Sampling {
+            samples: 3,
+            idle_samples: 3,
+            idle_pace: Duration::from_millis(20),
+        };
+        let times = [3, 1, 2, 9, 5, 7].map(Duration::from_millis);
+        let mut starts = Vec::new();
+        let latency = sampling
+            .take(|| {
+                starts.push(Instant::now());
+                std::future::ready(Ok(times[starts.len() - 1]))
+            })
+            .await
+            .expect("every sample succeeds");
+
+        assert_eq!(starts.len(), sampling.units());
+        assert_eq!(latency.alone, Duration::from_millis(2));
+        assert_eq!(latency.idle, Duration::from_millis(7));
+        for pair in starts[3..].windows(2) {
+            assert!(pair[1] - pair[0] >= sampling.idle_pace, "{starts:?}");
+        }
     }
-    times.sort_unstable();
-    Ok(times[times.len() / 2])
 }

@@ -18,10 +18,10 @@ use user_service::{
 };
 use uuid::Uuid;
 
-use super::{CeilingArgs, Step, at_full_load, one_at_a_time};
+use super::{CeilingArgs, Sampling, Step, at_full_load, one_at_a_time};
 
 /// A consumer step fed with what the step before it wrote to the outbox (taken out of it): at
-/// full load, `--samples` messages kept back for one at a time. The first event it reads joins
+/// full load, those of the samples one at a time kept back. The first event it reads joins
 /// `events`.
 pub(super) async fn consumer_step<H: Handler>(
     args: &CeilingArgs,
@@ -39,7 +39,7 @@ pub(super) async fn consumer_step<H: Handler>(
     }
     let alone = Mutex::new(VecDeque::from(
         input
-            .drain(..args.samples.min(input.len()))
+            .drain(..Sampling::new(args).units().min(input.len()))
             .collect::<Vec<_>>(),
     ));
     let input = Mutex::new(input);
@@ -49,7 +49,7 @@ pub(super) async fn consumer_step<H: Handler>(
         async move { consume(pool, consumer, handler, messages).await }
     })
     .await?;
-    let latency = one_at_a_time(args.samples, || async {
+    let latency = one_at_a_time(args, || async {
         let messages = take(&alone, 1);
         anyhow::ensure!(!messages.is_empty(), "no {} left", H::Event::TYPE_NAME);
         consume(pool, consumer, handler, messages).await.map(drop)

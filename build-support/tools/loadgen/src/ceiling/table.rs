@@ -12,6 +12,7 @@ pub(super) struct Totals {
     broker: f64,
     ceiling: f64,
     hop_sum: Duration,
+    idle_hop_sum: Duration,
 }
 
 pub(super) fn totals(steps: &[Step]) -> Totals {
@@ -25,7 +26,11 @@ pub(super) fn totals(steps: &[Step]) -> Totals {
         ceiling: per_second(&steps.iter().collect::<Vec<_>>()),
         hop_sum: steps
             .iter()
-            .map(|step| step.latency.mul_f64(step.hops))
+            .map(|step| step.latency.alone.mul_f64(step.hops))
+            .sum(),
+        idle_hop_sum: steps
+            .iter()
+            .map(|step| step.latency.idle.mul_f64(step.hops))
             .sum(),
     }
 }
@@ -44,18 +49,20 @@ pub(super) fn table(args: &CeilingArgs, steps: &[Step]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<40} {:>14} {:>8} {:>12}",
-        "step", "full load", "/flow", "alone p50"
+        "{:<40} {:>14} {:>8} {:>6} {:>12} {:>12}",
+        "step", "full load", "/flow", "/path", "alone p50", "idle p50"
     );
     for step in steps {
         let _ = writeln!(
             out,
-            "{:<40} {:>10.0} {:<3}/s {:>8} {:>9.2} ms",
+            "{:<40} {:>10.0} {:<3}/s {:>8} {:>6} {:>9.2} ms {:>9.2} ms",
             step.name,
             step.throughput,
             step.unit,
             step.per_flow,
-            millis(step.latency)
+            step.hops,
+            millis(step.latency.alone),
+            millis(step.latency.idle)
         );
     }
     let totals = totals(steps);
@@ -76,8 +83,9 @@ pub(super) fn table(args: &CeilingArgs, steps: &[Step]) -> String {
     );
     let _ = writeln!(
         out,
-        "per-hop latency sum        {:>8.2} ms",
-        millis(totals.hop_sum)
+        "latency sum on the path    {:>8.2} ms alone, {:.2} ms idle",
+        millis(totals.hop_sum),
+        millis(totals.idle_hop_sum)
     );
     out
 }
@@ -94,12 +102,15 @@ pub(super) fn to_json(args: &CeilingArgs, steps: &[Step]) -> serde_json::Value {
             "throughput_per_second": step.throughput,
             "unit": step.unit,
             "per_flow": step.per_flow,
-            "latency_p50_ms": millis(step.latency),
+            "latency_p50_ms": millis(step.latency.alone),
+            "idle_latency_p50_ms": millis(step.latency.idle),
             "hops": step.hops,
         })).collect::<Vec<_>>(),
         "postgres_flows_per_second": totals.postgres,
         "broker_flows_per_second": totals.broker,
         "ceiling_flows_per_second": totals.ceiling,
         "hop_latency_sum_ms": millis(totals.hop_sum),
+        "idle_hop_latency_sum_ms": millis(totals.idle_hop_sum),
+        "idle_pace_ms": args.idle_pace_ms,
     })
 }
