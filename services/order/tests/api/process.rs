@@ -25,6 +25,10 @@ fn start(sandbox: &Sandbox) -> Child {
         .env("GRPC_ADDR", "127.0.0.1:0")
         .env("METRICS_ADDR", "127.0.0.1:0")
         .env("RETRY_DELAYS", TEST_RETRY_DELAYS)
+        // One message per transaction (still 64 deliveries prefetched): each takes a commit, so
+        // the flow lasts long enough to be interrupted in its middle. In batches of 32 a fast
+        // machine applied all 300 between two polls of the test (CI, 2026-12-03).
+        .env("CONSUMER_BATCH", "1")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
