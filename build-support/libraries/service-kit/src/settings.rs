@@ -88,7 +88,7 @@ pub struct CommonArgs {
     /// number bounds the attempts before a message is dead-lettered.
     #[arg(long, env = "RETRY_DELAYS", default_value = DEFAULT_RETRY_DELAYS)]
     pub retry_delays: String,
-    /// Workers (broker channels) per consumer [default: 1; 4 for the payment service]
+    /// Workers (broker channels) per consumer [default: 1; 6 for the payment service]
     #[arg(long, env = "CONSUMER_WORKERS")]
     pub consumer_workers: Option<usize>,
     /// Deliveries the broker may push to each worker ahead of its acks.
