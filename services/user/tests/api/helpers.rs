@@ -204,13 +204,19 @@ impl TestApp {
 /// A relay of the app's outbox on the shared broker, as another process would run it.
 pub struct Relay {
     tracker: TaskTracker,
+    relay: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
+    bus_stop: CancellationToken,
     pub dispatcher: Dispatcher,
 }
 
 impl Relay {
     pub fn start(app: &TestApp, adjust: impl FnOnce(OutboxRelay) -> OutboxRelay) -> Self {
-        let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
+        let (tracker, stop, bus_stop) = (
+            TaskTracker::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
         let bus = Bus::start(
             BusSettings {
                 addresses: messaging::BrokerAddresses::parse(&test_support::broker_url())
@@ -222,27 +228,35 @@ impl Relay {
                 trusted_producers: Default::default(),
             },
             &tracker,
-            stop.clone(),
+            bus_stop.clone(),
         );
         let relay = adjust(OutboxRelay::new(app.db.clone(), bus));
         let dispatcher = relay.dispatcher();
-        tracker.spawn(relay.run(stop.clone()));
+        let relay = tokio::spawn(relay.run(stop.clone()));
         Self {
             tracker,
+            relay,
             stop,
+            bus_stop,
             dispatcher,
         }
     }
 
+    /// Stops the relay, then its broker connection, as a service does: the relay's last
+    /// publishes get their confirms before the connection closes.
     pub async fn stop(self) {
         let Self {
             tracker,
+            relay,
             stop,
+            bus_stop,
             dispatcher,
         } = self;
         // The relay finishes once its last dispatcher is gone.
         drop(dispatcher);
         stop.cancel();
+        relay.await.expect("the relay ends");
+        bus_stop.cancel();
         tracker.close();
         tracker.wait().await;
     }
