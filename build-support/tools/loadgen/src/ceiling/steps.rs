@@ -21,8 +21,8 @@ use uuid::Uuid;
 use super::{CeilingArgs, Sampling, Step, at_full_load, one_at_a_time};
 
 /// A consumer step fed with what the step before it wrote to the outbox (taken out of it): at
-/// full load, those of the samples one at a time kept back. The first event it reads joins
-/// `events`.
+/// full load, less the messages kept back for the samples one at a time. The first event it
+/// reads joins `events`.
 pub(super) async fn consumer_step<H: Handler>(
     args: &CeilingArgs,
     pool: &PgPool,
